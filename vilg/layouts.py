@@ -160,7 +160,7 @@ class Layout:
             nz = torch.nonzero(count).flatten()
             rows_kv.append(nz)
             # a full tile must be all allowed *and* wholly inside the sequence
-            full = (count[nz] == bs * bs)
+            full = count[nz] == bs * bs
             rows_mask.append(full)
             tiles.append(m[nz][~full])
             ptr.append(ptr[-1] + nz.numel())
@@ -186,9 +186,15 @@ class Layout:
         k_ptr = torch.cat([torch.zeros(1, dtype=torch.int64), k_counts.cumsum(0)]).to(torch.int32)
         self.num_blocks = nb
         self._arrays = dict(
-            q_ptr=q_ptr, q_kv=kv, q_mask=mask_id,
-            k_ptr=k_ptr, k_q=q_of[order_k].contiguous(), k_mask=mask_id[order_k].contiguous(),
-            masks=uniq.contiguous() if uniq.numel() else torch.zeros(1, bs, words, dtype=torch.int64),
+            q_ptr=q_ptr,
+            q_kv=kv,
+            q_mask=mask_id,
+            k_ptr=k_ptr,
+            k_q=q_of[order_k].contiguous(),
+            k_mask=mask_id[order_k].contiguous(),
+            masks=uniq.contiguous()
+            if uniq.numel()
+            else torch.zeros(1, bs, words, dtype=torch.int64),
             perm=None if self._perm is None else self._perm.to(torch.int32),
         )
         self.num_full = int(is_full.sum())
@@ -273,7 +279,7 @@ class Layout:
         )
         return (
             f"Layout({what}, L={self.seq_len}, block={self.block_size}, "
-            f"tiles={self.num_tiles}/{self.num_blocks ** 2} ({self.num_partial} partial))"
+            f"tiles={self.num_tiles}/{self.num_blocks**2} ({self.num_partial} partial))"
         )
 
 

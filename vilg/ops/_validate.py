@@ -25,7 +25,7 @@ def float_dtype(t: torch.Tensor, name: str) -> None:
 def same_device(ts: dict[str, torch.Tensor]) -> torch.device:
     devices = {n: t.device for n, t in ts.items()}
     first = next(iter(devices.values()))
-    for n, d in devices.items():
+    for d in devices.values():
         if d != first:
             raise ValueError(f"all inputs must be on one device: {devices}")
     if first.type not in ("cpu", "cuda"):

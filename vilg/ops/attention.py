@@ -30,8 +30,19 @@ def _fwd(
     o = torch.empty_like(q)
     lse = torch.empty(B, H, L, dtype=torch.float32, device=q.device)
     C().attention_fwd(
-        ref(q), ref(k), ref(v), ref(o), ref(lse), (*map(ref, layout), ref(perm)),
-        L, block, text_start, text_len, ref(text_lens), scale, stream_of(q),
+        ref(q),
+        ref(k),
+        ref(v),
+        ref(o),
+        ref(lse),
+        (*map(ref, layout), ref(perm)),
+        L,
+        block,
+        text_start,
+        text_len,
+        ref(text_lens),
+        scale,
+        stream_of(q),
     )
     return o, lse
 
@@ -63,9 +74,24 @@ def _bwd(
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(lse)
     C().attention_bwd(
-        ref(grad_out), ref(q), ref(k), ref(v), ref(o), ref(lse), ref(dq), ref(dk), ref(dv),
-        ref(delta), (*map(ref, layout), ref(perm)), q.shape[2], block, text_start, text_len,
-        ref(text_lens), scale, stream_of(q),
+        ref(grad_out),
+        ref(q),
+        ref(k),
+        ref(v),
+        ref(o),
+        ref(lse),
+        ref(dq),
+        ref(dk),
+        ref(dv),
+        ref(delta),
+        (*map(ref, layout), ref(perm)),
+        q.shape[2],
+        block,
+        text_start,
+        text_len,
+        ref(text_lens),
+        scale,
+        stream_of(q),
     )
     return dq, dk, dv
 
@@ -119,7 +145,5 @@ def sparse_attention(
     text_start, text_len = layout.kernel_text_segment
     lens = _validate.text_lens(text_lens, B, text_len, q.device)
     *arrays, perm = layout.kernel_arrays(q.device)
-    o, lse = _fwd(
-        q, k, v, list(arrays), perm, lens, layout.block_size, text_start, text_len, scale
-    )
+    o, lse = _fwd(q, k, v, list(arrays), perm, lens, layout.block_size, text_start, text_len, scale)
     return (o, lse) if return_lse else o
