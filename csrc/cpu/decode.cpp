@@ -31,7 +31,8 @@ void decode_impl(const DecodeParams& p) {
   const int D = p.head_dim;
   const int64_t tasks = int64_t(p.batch) * p.heads;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-#pragma omp parallel
+  // Small calls stay on the calling thread: waking a team costs more than it saves.
+#pragma omp parallel if (tasks > 1 && tasks * p.num_keys * D >= (1 << 15))
   {
     std::vector<float> qf(D), acc(D), s(std::max(p.num_keys, 1));
 #pragma omp for schedule(dynamic, 1)

@@ -74,7 +74,8 @@ int64_t sample_row(const SampleParams& p, int b, std::vector<float>& z,
 
 template <typename T>
 void sample_impl(const SampleParams& p) {
-#pragma omp parallel
+  // Small calls stay on the calling thread: waking a team costs more than it saves.
+#pragma omp parallel if (p.batch > 1 && int64_t(p.batch) * p.vocab >= (1 << 15))
   {
     std::vector<float> z(p.vocab);
     std::vector<std::pair<float, uint64_t>> tmp;

@@ -25,7 +25,7 @@ inline int64_t round16_64(int64_t x) { return (x + 15) / 16 * 16; }
 
 template <typename T>
 void prepare_codebook(const VqParams& p, float* cn, float* cb, int Kp, int Dp) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(Kp) * Dp >= (1 << 16))
   for (int c = 0; c < Kp; ++c) {
     float* row = cb + int64_t(c) * Dp;
     if (c >= p.k) {
@@ -69,7 +69,8 @@ void quantize_impl(const VqParams& p) {
   float* cb = p.ws + Kp;
   prepare_codebook<T>(p, cn, cb, Kp, Dp);
   const int64_t tiles = (p.n + MB - 1) / MB;
-#pragma omp parallel
+  // Small calls stay on the calling thread: waking a team costs more than it saves.
+#pragma omp parallel if (tiles > 1 && p.n * int64_t(Kp) * Dp >= (1 << 18))
   {
     std::vector<float> Xt(size_t(Dp) * MB), S(size_t(KB) * MB), best(MB);
     std::vector<int32_t> arg(MB);
@@ -121,7 +122,7 @@ void stats_impl(const VqStatsParams& p) {
   for (int c = 0; c < K; ++c) off[c + 1] += off[c];
   for (int64_t i = 0; i < p.n; ++i) order[off[index_at(p.idx, p.idx64, i)]++] = int32_t(i);
   // now off[c] is the end of bucket c (and the start of bucket c + 1)
-#pragma omp parallel
+#pragma omp parallel if (p.n * int64_t(D) >= (1 << 16))
   {
     std::vector<double> acc(D);
 #pragma omp for schedule(dynamic, 16)
@@ -167,7 +168,7 @@ void vq_embed(const VqEmbedParams& p, DType dtype) {
   const char* cb = (const char*)p.codebook;
   char* out = (char*)p.out;
   const int64_t c_bytes = p.c_stride * dtype_size(dtype);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (p.n * int64_t(row_bytes) >= (1 << 18))
   for (int64_t i = 0; i < p.n; ++i)
     std::memcpy(out + i * int64_t(row_bytes), cb + index_at(p.idx, p.idx64, i) * c_bytes,
                 row_bytes);
