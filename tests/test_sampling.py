@@ -59,7 +59,7 @@ def reference_sample(logits, uncond=None, cfg=1.0, temperature=1.0, top_k=0, top
         if 0 < top_k < V:
             tau = sorted(z, reverse=True)[top_k - 1]
 
-        def weight(v):
+        def weight(v, m=m):
             e = 1.0 if v == m else math.exp(v - m)
             return int(e * 2.0**40)
 
@@ -68,12 +68,12 @@ def reference_sample(logits, uncond=None, cfg=1.0, temperature=1.0, top_k=0, top
         if top_p < 1.0:
             need = min(max(int(top_p * float(total)), 1), total)
             cum = 0
-            for v in sorted({v for v, wi in zip(z, w) if wi > 0}, reverse=True):
-                cum += sum(wi for zi, wi in zip(z, w) if zi == v)
+            for v in sorted({v for v, wi in zip(z, w, strict=True) if wi > 0}, reverse=True):
+                cum += sum(wi for zi, wi in zip(z, w, strict=True) if zi == v)
                 if cum >= need:
                     tau, total = v, cum
                     break
-            w = [wi if v >= tau else 0 for v, wi in zip(z, w)]
+            w = [wi if v >= tau else 0 for v, wi in zip(z, w, strict=True)]
         s, o = seed % 2**64, offset % 2**64
         x = philox_py((o & M32, o >> 32, b & M32, b >> 32), (s & M32, s >> 32))
         target = ((((x[0] << 32) | x[1]) >> 11) * total) >> 53

@@ -12,9 +12,10 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 def sqdist64(x: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
-    """Exact-ish squared distances [N, K] in float64 (inputs as stored)."""
+    """Squared distances [N, K] in float64 (inputs as stored; float64 rounding is ~1e-16,
+    far below the float32 tolerance the tests allow)."""
     x, cb = x.double(), cb.double()
-    return ((x[:, None, :] - cb[None, :, :]) ** 2).sum(-1)
+    return (x * x).sum(1, keepdim=True) + (cb * cb).sum(1)[None, :] - 2.0 * x @ cb.T
 
 
 def assert_nearest(idx: torch.Tensor, x: torch.Tensor, cb: torch.Tensor) -> None:
