@@ -4,6 +4,7 @@
 #include "sampling.h"
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <utility>
 #include <vector>
@@ -25,8 +26,11 @@ VILG_CPU_CLONES void row_logits(const SampleParams& p, int b, float* z) {
   }
 }
 
-int64_t sample_row(const SampleParams& p, int b, std::vector<float>& z,
-                   std::vector<std::pair<float, uint64_t>>& tmp) {
+// Clones: the shared helpers inline here, so the AVX2 clone gets hardware fma (the portable
+// clone calls libm's fma, which is correct but slow).
+VILG_CPU_CLONES int64_t sample_row(const SampleParams& p, int b, const float* z, uint64_t* w,
+                                   std::vector<float>& zs,
+                                   std::vector<std::pair<float, uint64_t>>& tmp) {
   const int64_t V = p.vocab;
   int64_t best = 0;
   for (int64_t i = 1; i < V; ++i)
@@ -35,20 +39,20 @@ int64_t sample_row(const SampleParams& p, int b, std::vector<float>& z,
   const float m = z[best];
   float tau = -INFINITY;
   if (p.top_k > 0 && p.top_k < V) {
-    tmp.resize(V);
-    for (int64_t i = 0; i < V; ++i) tmp[i].first = z[i];
-    std::nth_element(tmp.begin(), tmp.begin() + (p.top_k - 1), tmp.begin() + V,
-                     [](const auto& a, const auto& c) { return a.first > c.first; });
-    tau = tmp[p.top_k - 1].first;
+    zs.assign(z, z + V);
+    std::nth_element(zs.begin(), zs.begin() + (p.top_k - 1), zs.end(), std::greater<float>());
+    tau = zs[p.top_k - 1];
   }
   uint64_t total = 0;
-  for (int64_t i = 0; i < V; ++i)
-    if (z[i] >= tau) total += sampler_weight(z[i], m);
+  for (int64_t i = 0; i < V; ++i) {
+    w[i] = z[i] >= tau ? sampler_weight(z[i], m) : 0;
+    total += w[i];
+  }
   if (p.top_p < 1.0) {
     const uint64_t need = top_p_need(p.top_p, total);
     tmp.clear();
     for (int64_t i = 0; i < V; ++i)
-      if (z[i] >= tau) tmp.emplace_back(z[i], sampler_weight(z[i], m));
+      if (w[i] > 0) tmp.emplace_back(z[i], w[i]);  // zero weights cannot move the cut
     std::sort(tmp.begin(), tmp.end(),
               [](const auto& a, const auto& c) { return a.first > c.first; });
     uint64_t cum = 0;
@@ -66,7 +70,7 @@ int64_t sample_row(const SampleParams& p, int b, std::vector<float>& z,
   uint64_t cum = 0;
   for (int64_t i = 0; i < V; ++i) {
     if (!(z[i] >= tau)) continue;
-    cum += sampler_weight(z[i], m);
+    cum += w[i];
     if (cum > target) return i;
   }
   return best;  // unreachable: target < total
@@ -78,11 +82,13 @@ void sample_impl(const SampleParams& p) {
 #pragma omp parallel if (p.batch > 1 && int64_t(p.batch) * p.vocab >= (1 << 15))
   {
     std::vector<float> z(p.vocab);
+    std::vector<uint64_t> w(p.vocab);
+    std::vector<float> zs;
     std::vector<std::pair<float, uint64_t>> tmp;
 #pragma omp for schedule(dynamic, 1)
     for (int b = 0; b < p.batch; ++b) {
       row_logits<T>(p, b, z.data());
-      p.out[b] = sample_row(p, b, z, tmp);
+      p.out[b] = sample_row(p, b, z.data(), w.data(), zs, tmp);
     }
   }
 }
