@@ -171,7 +171,7 @@ def main():
         shape = f"{r['n']}x{r['k']}x{r['d']}"
         note = r["anchor"]
         if "vilg_tflops" in r:
-            note += f", {r['vilg_tflops']:.2f} TFLOP/s, agree {r['agree_with_anchor']:.4f}"
+            note += f", {r['vilg_tflops'] * 1e3:.1f} GFLOP/s, agree {r['agree_with_anchor']:.4f}"
         print(f"{r['op']:14} {shape:>20} {r['dtype']:9} {r.get('mode', ''):10} "
               f"{r['vilg_ms']:9.3f} {r['anchor_ms']:10.3f} {r['speedup']:7.2f}x  {note}")
     result = dict(

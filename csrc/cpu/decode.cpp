@@ -14,10 +14,17 @@
 namespace vilg::cpu {
 namespace {
 
+// Eight independent partial sums: a single float accumulator would serialise on FMA latency
+// (the compiler may not reassociate a float reduction by itself).
 template <typename T>
 VILG_CPU_CLONES float dot_row(const float* q, const T* k, int D) {
+  float acc[8] = {};
+  int d = 0;
+  for (; d + 8 <= D; d += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += q[d + j] * to_float(k[d + j]);
   float s = 0.f;
-  for (int d = 0; d < D; ++d) s += q[d] * to_float(k[d]);
+  for (; d < D; ++d) s += q[d] * to_float(k[d]);
+  for (int j = 0; j < 8; ++j) s += acc[j];
   return s;
 }
 
