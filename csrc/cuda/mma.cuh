@@ -140,7 +140,60 @@ VILG_DEVICE void sts32(void* s, uint32_t v) { *reinterpret_cast<uint32_t*>(s) = 
 VILG_DEVICE void sts_f32(float* s, float v) { *s = v; }
 VILG_DEVICE float lds_f32(const float* s) { return *s; }
 
-#endif  // !VILG_CUDA_EMULATE
+#else  // VILG_CUDA_EMULATE: the same primitives on the host emulation of emulate.cuh
+
+inline void cp_async16(void* smem, const void* gmem) { emu::cp_async(smem, gmem, 16); }
+inline void cp_async_commit() { emu::cp_async_commit(); }
+template <int N>
+inline void cp_async_wait() {
+  emu::cp_async_wait(N);
+}
+
+inline void ldsm_common(uint32_t (&r)[4], const void* smem, bool trans) {
+  emu::Slot s{};
+  s.ptr = smem;
+  s = emu::collective(trans ? emu::kLdsmT : emu::kLdsm, s);
+  for (int i = 0; i < 4; ++i) r[i] = uint32_t(s.v[i]);
+}
+inline void ldsm_x4(uint32_t (&r)[4], const void* smem) { ldsm_common(r, smem, false); }
+inline void ldsm_x4_t(uint32_t (&r)[4], const void* smem) { ldsm_common(r, smem, true); }
+
+template <typename T>
+inline void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  static_assert(sizeof(T) == 2, "16-bit operands");
+  emu::Slot s{};
+  for (int i = 0; i < 4; ++i) s.v[i] = a[i];
+  s.v[4] = b0;
+  s.v[5] = b1;
+  std::memcpy(&s.v[6], c, 16);
+  s = emu::collective(std::is_same_v<T, bf16> ? emu::kMmaBF16 : emu::kMmaF16, s);
+  std::memcpy(c, &s.v[6], 16);
+}
+
+template <typename T>
+inline uint32_t pack2(float lo, float hi) {
+  return uint32_t(::vilg::from_float<T>(lo).bits) | (uint32_t(::vilg::from_float<T>(hi).bits) << 16);
+}
+
+inline float to_f32(float x) { return x; }
+inline float to_f32(f16 x) { return ::vilg::to_float(x); }
+inline float to_f32(bf16 x) { return ::vilg::to_float(x); }
+
+inline void sts128(void* s, U128 v) { emu::smem_store(s, &v, 16); }
+inline U128 lds128(const void* s) {
+  U128 v;
+  emu::smem_load(&v, s, 16);
+  return v;
+}
+inline void sts32(void* s, uint32_t v) { emu::smem_store(s, &v, 4); }
+inline void sts_f32(float* s, float v) { emu::smem_store(s, &v, 4); }
+inline float lds_f32(const float* s) {
+  float v;
+  emu::smem_load(&v, s, 4);
+  return v;
+}
+
+#endif  // VILG_CUDA_EMULATE
 
 // Global memory: 8 consecutive 16-bit values, vectorised (16-byte aligned) or element-wise.
 VILG_DEVICE U128 ldg128(const uint16_t* g) {
