@@ -53,7 +53,7 @@ VILG_DEVICE float* row_ptr(void* base, const int64_t* s, int b, int h, int row) 
 
 // Forward: warp per query position (kernel order).
 template <int D>
-__global__ void __launch_bounds__(32 * kSimtRows) simt_fwd_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(32 * kSimtRows, 1) simt_fwd_kernel(const AttnParams p) {
   const BlockSparse& ls = p.ls;
   const int lane = int(threadIdx.x) & 31;
   const int pos = int(blockIdx.x) * kSimtRows + (int(threadIdx.x) >> 5);
@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(32 * kSimtRows) simt_fwd_kernel(const AttnPara
 
 // dQ: warp per query position.
 template <int D>
-__global__ void __launch_bounds__(32 * kSimtRows) simt_dq_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(32 * kSimtRows, 1) simt_dq_kernel(const AttnParams p) {
   const BlockSparse& ls = p.ls;
   const int lane = int(threadIdx.x) & 31;
   const int pos = int(blockIdx.x) * kSimtRows + (int(threadIdx.x) >> 5);
@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(32 * kSimtRows) simt_dq_kernel(const AttnParam
 
 // dK, dV: warp per key position.
 template <int D>
-__global__ void __launch_bounds__(32 * kSimtRows) simt_dkdv_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(32 * kSimtRows, 1) simt_dkdv_kernel(const AttnParams p) {
   const BlockSparse& ls = p.ls;
   const int lane = int(threadIdx.x) & 31;
   const int pos = int(blockIdx.x) * kSimtRows + (int(threadIdx.x) >> 5);
