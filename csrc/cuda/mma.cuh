@@ -131,7 +131,9 @@ VILG_DEVICE float to_f32(f16 x) { return __half2float(x); }
 VILG_DEVICE float to_f32(bf16 x) { return __bfloat162float(x); }
 
 // Shared memory accessors (plain accesses here; instrumented under emulation).
-VILG_DEVICE void sts128(void* s, U128 v) { *reinterpret_cast<uint4*>(s) = make_uint4(v.x, v.y, v.z, v.w); }
+VILG_DEVICE void sts128(void* s, U128 v) {
+  *reinterpret_cast<uint4*>(s) = make_uint4(v.x, v.y, v.z, v.w);
+}
 VILG_DEVICE U128 lds128(const void* s) {
   const uint4 v = *reinterpret_cast<const uint4*>(s);
   return U128{v.x, v.y, v.z, v.w};
@@ -172,7 +174,8 @@ inline void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_
 
 template <typename T>
 inline uint32_t pack2(float lo, float hi) {
-  return uint32_t(::vilg::from_float<T>(lo).bits) | (uint32_t(::vilg::from_float<T>(hi).bits) << 16);
+  return uint32_t(::vilg::from_float<T>(lo).bits) |
+         (uint32_t(::vilg::from_float<T>(hi).bits) << 16);
 }
 
 inline float to_f32(float x) { return x; }
@@ -196,10 +199,6 @@ inline float lds_f32(const float* s) {
 #endif  // VILG_CUDA_EMULATE
 
 // Global memory: 8 consecutive 16-bit values, vectorised (16-byte aligned) or element-wise.
-VILG_DEVICE U128 ldg128(const uint16_t* g) {
-  const U128* p = reinterpret_cast<const U128*>(g);
-  return *p;
-}
 VILG_DEVICE U128 ldg_8x16(const uint16_t* g) {
   U128 v;
   v.x = uint32_t(g[0]) | (uint32_t(g[1]) << 16);
