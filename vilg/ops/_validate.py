@@ -7,8 +7,11 @@ import functools
 import torch
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+# CUDA kernels: float16 / bfloat16 run on tensor cores, float32 on the SIMT reference path; all
+# three need these head dims, 64 x 64 tiles, and batch and heads within a grid dimension.
 CUDA_HEAD_DIMS = (32, 64, 128)
 CUDA_BLOCK = 64
+CUDA_MAX_GRID_YZ = 65535
 
 
 def tensor(x, name: str) -> torch.Tensor:
@@ -101,6 +104,11 @@ def attention(q, k, v, layout) -> None:
             raise ValueError(f"CUDA sparse_attention supports head_dim {CUDA_HEAD_DIMS}, got {d}")
         if layout.block_size != CUDA_BLOCK:
             raise ValueError(f"CUDA sparse_attention needs layouts with block_size={CUDA_BLOCK}")
+        if q.shape[0] > CUDA_MAX_GRID_YZ or q.shape[1] > CUDA_MAX_GRID_YZ:
+            raise ValueError(
+                f"CUDA sparse_attention supports at most {CUDA_MAX_GRID_YZ} samples and heads, "
+                f"got batch {q.shape[0]}, heads {q.shape[1]}"
+            )
     elif not 1 <= d <= 256:
         raise ValueError(f"head_dim must be in 1..256, got {d}")
 
