@@ -120,8 +120,21 @@ def run_fwd(q, k, v, layout, scale, lens):
     o = torch.full_like(q, float("nan"))
     lse = torch.full((B, H, L), float("nan"), dtype=torch.float32, device=q.device)
     arrays, L, block, start, length = _layout_args(layout, q.device)
-    C().attention_fwd(ref(q), ref(k), ref(v), ref(o), ref(lse), arrays, L, block, start, length,
-                      ref(lens), scale, stream_of(q))
+    C().attention_fwd(
+        ref(q),
+        ref(k),
+        ref(v),
+        ref(o),
+        ref(lse),
+        arrays,
+        L,
+        block,
+        start,
+        length,
+        ref(lens),
+        scale,
+        stream_of(q),
+    )
     return o, lse
 
 
@@ -132,9 +145,26 @@ def run_bwd(go, q, k, v, o, lse, layout, scale, lens):
     dq, dk, dv = (torch.full_like(t, float("nan")) for t in (q, k, v))
     delta = torch.full_like(lse, float("nan"))
     arrays, L, block, start, length = _layout_args(layout, q.device)
-    C().attention_bwd(ref(go), ref(q), ref(k), ref(v), ref(o), ref(lse), ref(dq), ref(dk),
-                      ref(dv), ref(delta), arrays, L, block, start, length, ref(lens), scale,
-                      stream_of(q))
+    C().attention_bwd(
+        ref(go),
+        ref(q),
+        ref(k),
+        ref(v),
+        ref(o),
+        ref(lse),
+        ref(dq),
+        ref(dk),
+        ref(dv),
+        ref(delta),
+        arrays,
+        L,
+        block,
+        start,
+        length,
+        ref(lens),
+        scale,
+        stream_of(q),
+    )
     return dq, dk, dv
 
 
@@ -152,8 +182,9 @@ def check_lse(lse: torch.Tensor, expect: torch.Tensor, atol: float) -> None:
         assert (lse[~empty].double() - expect[~empty]).abs().max().item() <= atol
 
 
-def check_case(device, layout, dtype, head_dim, lens, seed, *, storage="contiguous",
-               scale=None, grads=True):
+def check_case(
+    device, layout, dtype, head_dim, lens, seed, *, storage="contiguous", scale=None, grads=True
+):
     """Forward (o, lse) and, with grads, backward of the kernels against the reference."""
     shape = (BATCH, HEADS, layout.seq_len, head_dim)
     q, k, v, go = random_inputs(shape, dtype, device, seed, storage)
@@ -197,8 +228,7 @@ def test_strided_inputs(storage, dtype, head_dim):
     """[B, L, H, D] views (16-byte aligned rows: cp.async path) and odd-offset slices of wider
     rows (element-wise path); outputs get the inputs' strides where torch keeps them."""
     layout = make_layout("column", "text2image", "odd")
-    check_case("cuda", layout, dtype, head_dim, text_lens(layout, True, "cuda"), 7,
-               storage=storage)
+    check_case("cuda", layout, dtype, head_dim, text_lens(layout, True, "cuda"), 7, storage=storage)
 
 
 @pytest.mark.cuda
@@ -248,8 +278,7 @@ def test_public_op_autograd(dtype):
     """sparse_attention (custom op + autograd) on CUDA, non-contiguous inputs."""
     layout = make_layout("conv", "text2image", "odd")
     lens = torch.tensor([0, 5, 21], dtype=torch.int32)
-    q, k, v, go = random_inputs((BATCH, HEADS, layout.seq_len, 64), dtype, "cuda", 2,
-                                "transposed")
+    q, k, v, go = random_inputs((BATCH, HEADS, layout.seq_len, 64), dtype, "cuda", 2, "transposed")
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
     o, lse = sparse_attention(*leaves, layout, text_lens=lens.cuda(), return_lse=True)
     o.backward(go)
@@ -285,5 +314,4 @@ def test_cuda_constraints():
 )
 def test_reference_plumbing_on_cpu(kind, direction, parity, dtype, head_dim, storage):
     layout = make_layout(kind, direction, parity)
-    check_case("cpu", layout, dtype, head_dim, text_lens(layout, True, "cpu"), 0,
-               storage=storage)
+    check_case("cpu", layout, dtype, head_dim, text_lens(layout, True, "cpu"), 0, storage=storage)

@@ -82,8 +82,9 @@ def test_strided_cache_longer_than_sequence_and_scale():
         out = O.decode_attention(q, k, v, layout, pos, scale=0.3)
         ref = dense_row(q, k, v, layout, pos, scale=0.3)
         torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-        out2 = O.decode_attention(q.contiguous(), k.contiguous(), v.contiguous(), layout, pos,
-                                  scale=0.3)
+        out2 = O.decode_attention(
+            q.contiguous(), k.contiguous(), v.contiguous(), layout, pos, scale=0.3
+        )
         torch.testing.assert_close(out, out2)
 
 
@@ -128,8 +129,14 @@ def test_bad_inputs():
 
     def call(**kw):
         a = {**ok, **kw}
-        return O.decode_attention(a["q"], a["k_cache"], a["v_cache"], a["layout"], a["pos"],
-                                  **{n: a[n] for n in ("text_lens", "scale") if n in a})
+        return O.decode_attention(
+            a["q"],
+            a["k_cache"],
+            a["v_cache"],
+            a["layout"],
+            a["pos"],
+            **{n: a[n] for n in ("text_lens", "scale") if n in a},
+        )
 
     call()
     for pos in (-1, L, 10**6):

@@ -65,8 +65,11 @@ def test_head_dims_split_k_and_strided_cache(D, dtype):
 
 def test_no_key_gives_zero_and_bad_inputs():
     layout = ernie_vilg("row", 8, (4, 4))
-    q, k, v = (torch.randn(2, 2, 64, device="cuda"),
-               torch.randn(2, 2, 24, 64, device="cuda"), torch.randn(2, 2, 24, 64, device="cuda"))
+    q, k, v = (
+        torch.randn(2, 2, 64, device="cuda"),
+        torch.randn(2, 2, 24, 64, device="cuda"),
+        torch.randn(2, 2, 24, 64, device="cuda"),
+    )
     poison()
     out = O.decode_attention(q, k, v, layout, 3, text_lens=torch.tensor([0, 8], device="cuda"))
     assert torch.equal(out[0], torch.zeros(2, 64, device="cuda"))

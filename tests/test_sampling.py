@@ -41,8 +41,9 @@ def test_philox_known_answers(ctr, key, want):
     assert philox_py(ctr, key) == want
 
 
-def reference_sample(logits, uncond=None, cfg=1.0, temperature=1.0, top_k=0, top_p=1.0,
-                     seed=0, offset=0):
+def reference_sample(
+    logits, uncond=None, cfg=1.0, temperature=1.0, top_k=0, top_p=1.0, seed=0, offset=0
+):
     """The documented algorithm in float64 / Python integers (exact exp, no shared code)."""
     c = logits.double()
     mixed = c if uncond is None else uncond.double() + cfg * (c - uncond.double())
@@ -126,8 +127,7 @@ def test_argmax_mode(dtype):
     assert O.sample(ties, temperature=0).tolist() == [2, 0, 0]
     u = torch.randn(16, 1000, generator=g).to(dtype)
     mix = u.double() + 2.5 * (logits.double() - u.double())
-    assert torch.equal(O.sample(logits, uncond=u, cfg_scale=2.5, temperature=0),
-                       mix.argmax(1))
+    assert torch.equal(O.sample(logits, uncond=u, cfg_scale=2.5, temperature=0), mix.argmax(1))
 
 
 def test_top_k_never_picks_excluded_tokens():
@@ -233,9 +233,16 @@ def test_dtypes_and_numpy():
 
 def test_bad_inputs():
     lg = torch.randn(2, 10)
-    for kw in (dict(temperature=float("nan")), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5),
-               dict(top_p=float("nan")), dict(cfg_scale=float("inf")),
-               dict(temperature=float("inf")), dict(temperature=1e-40)):
+    for kw in (
+        dict(temperature=float("nan")),
+        dict(top_k=-1),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(top_p=float("nan")),
+        dict(cfg_scale=float("inf")),
+        dict(temperature=float("inf")),
+        dict(temperature=1e-40),
+    ):
         with pytest.raises(ValueError):
             O.sample(lg, **kw)
     for kw in (dict(top_k=2.0), dict(top_k=True), dict(seed=1.0), dict(temperature="1")):
@@ -260,6 +267,7 @@ def test_bad_inputs():
 def test_opcheck():
     lg = torch.randn(3, 50)
     torch.library.opcheck(
-        torch.ops.vilg.sample.default, (lg, None, 1.0, 0.8, 5, 0.9, 1, 2),
+        torch.ops.vilg.sample.default,
+        (lg, None, 1.0, 0.8, 5, 0.9, 1, 2),
         test_utils=("test_schema", "test_faketensor"),
     )

@@ -55,12 +55,14 @@ def test_cfg_and_reference():
 
 
 def test_special_rows():
-    rows = torch.tensor([
-        [3.0, 1.0, 3.0, 2.0, 3.0, 0.0],
-        [math.nan, 1.0, math.nan, 0.5, -1.0, -2.0],
-        [-math.inf] * 6,
-        [0.0, math.inf, 2.0, math.inf, 0.0, 0.0],
-    ])
+    rows = torch.tensor(
+        [
+            [3.0, 1.0, 3.0, 2.0, 3.0, 0.0],
+            [math.nan, 1.0, math.nan, 0.5, -1.0, -2.0],
+            [-math.inf] * 6,
+            [0.0, math.inf, 2.0, math.inf, 0.0, 0.0],
+        ]
+    )
     for seed in range(50):
         for kw in (dict(top_k=2), dict(), dict(temperature=0)):
             got = O.sample(rows.cuda(), seed=seed, **kw).cpu()

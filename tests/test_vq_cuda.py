@@ -41,8 +41,15 @@ def agree_with_cpu(idx_gpu, x, cb):
     assert diff.float().mean() < 0.03
 
 
-@pytest.mark.parametrize("dtype,fast", [(torch.float32, False), (torch.float32, True),
-                                        (torch.float16, False), (torch.bfloat16, False)])
+@pytest.mark.parametrize(
+    "dtype,fast",
+    [
+        (torch.float32, False),
+        (torch.float32, True),
+        (torch.float16, False),
+        (torch.bfloat16, False),
+    ],
+)
 @pytest.mark.parametrize("n,k,d", [(1000, 300, 64), (77, 5000, 256), (300, 129, 20), (5, 3, 3)])
 def test_quantize(dtype, fast, n, k, d):
     g = torch.Generator().manual_seed(n + k + d)
@@ -67,8 +74,15 @@ def test_quantize_misaligned_rows(dtype):
     assert_nearest(idx.cpu(), x.cpu(), cb.cpu())
 
 
-@pytest.mark.parametrize("dtype,fast", [(torch.float32, False), (torch.float32, True),
-                                        (torch.float16, False), (torch.bfloat16, False)])
+@pytest.mark.parametrize(
+    "dtype,fast",
+    [
+        (torch.float32, False),
+        (torch.float32, True),
+        (torch.float16, False),
+        (torch.bfloat16, False),
+    ],
+)
 def test_quantize_exact_ties_across_tiles_and_splits(dtype, fast):
     g = torch.Generator().manual_seed(21)
     cb = torch.randn(3000, 32, generator=g)
