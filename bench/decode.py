@@ -94,11 +94,23 @@ def bench_decode(kind, B, H, D, dtype, pos, device, reps, text=64, grid=(32, 32)
     t_dense = timeit(dense, sets, device, reps=reps)
     esize = torch.tensor([], dtype=dtype).element_size()
     moved = 2.0 * B * H * nkeys * D * esize + 2.0 * B * H * D * esize  # K, V rows + q, out
-    return dict(op="decode_attention", kind=kind, batch=B, heads=H, head_dim=D,
-                dtype=str(dtype).replace("torch.", ""), pos=pos, seq_len=L, keys=nkeys,
-                vilg_ms=t_ours * 1e3, anchor="dense SDPA over t+1 cached keys",
-                anchor_ms=t_dense * 1e3, speedup=t_dense / t_ours,
-                vilg_gbps=moved / t_ours / 1e9, max_abs_diff_vs_anchor=err)
+    return dict(
+        op="decode_attention",
+        kind=kind,
+        batch=B,
+        heads=H,
+        head_dim=D,
+        dtype=str(dtype).replace("torch.", ""),
+        pos=pos,
+        seq_len=L,
+        keys=nkeys,
+        vilg_ms=t_ours * 1e3,
+        anchor="dense SDPA over t+1 cached keys",
+        anchor_ms=t_dense * 1e3,
+        speedup=t_dense / t_ours,
+        vilg_gbps=moved / t_ours / 1e9,
+        max_abs_diff_vs_anchor=err,
+    )
 
 
 def torch_sampler(logits, uncond, cfg, temperature, top_k, top_p):
@@ -114,16 +126,27 @@ def torch_sampler(logits, uncond, cfg, temperature, top_k, top_p):
 
 def bench_sampler(B, V, dtype, device, reps):
     g = torch.Generator().manual_seed(1)
-    sets = [((torch.randn(B, V, generator=g) * 3).to(dtype).to(device),
-             (torch.randn(B, V, generator=g) * 3).to(dtype).to(device)) for _ in range(3)]
+    sets = [
+        (
+            (torch.randn(B, V, generator=g) * 3).to(dtype).to(device),
+            (torch.randn(B, V, generator=g) * 3).to(dtype).to(device),
+        )
+        for _ in range(3)
+    ]
     kw = dict(cfg_scale=3.0, temperature=0.9, top_k=400, top_p=0.9)
     t_ours = timeit(lambda c, u: O.sample(c, uncond=u, seed=1, **kw), sets, device, reps=reps)
-    t_torch = timeit(lambda c, u: torch_sampler(c, u, 3.0, 0.9, 400, 0.9), sets, device,
-                     reps=reps)
-    return dict(op="sample", batch=B, vocab=V, dtype=str(dtype).replace("torch.", ""),
-                options=kw, vilg_ms=t_ours * 1e3,
-                anchor="torch topk+softmax+cumsum+multinomial", anchor_ms=t_torch * 1e3,
-                speedup=t_torch / t_ours)
+    t_torch = timeit(lambda c, u: torch_sampler(c, u, 3.0, 0.9, 400, 0.9), sets, device, reps=reps)
+    return dict(
+        op="sample",
+        batch=B,
+        vocab=V,
+        dtype=str(dtype).replace("torch.", ""),
+        options=kw,
+        vilg_ms=t_ours * 1e3,
+        anchor="torch topk+softmax+cumsum+multinomial",
+        anchor_ms=t_torch * 1e3,
+        speedup=t_torch / t_ours,
+    )
 
 
 def main():
@@ -145,31 +168,47 @@ def main():
     for B in batches:
         for dtype in dtypes:
             for kind in KINDS:
-                rows.append(bench_decode(kind, B, args.heads, args.head_dim, dtype, args.pos,
-                                         device, reps))
-    samp = [bench_sampler(B, V, torch.float32 if not gpu else torch.float16, device, reps)
-            for B, V in ((8, 16384), (64, 16384))]
+                rows.append(
+                    bench_decode(kind, B, args.heads, args.head_dim, dtype, args.pos, device, reps)
+                )
+    samp = [
+        bench_sampler(B, V, torch.float32 if not gpu else torch.float16, device, reps)
+        for B, V in ((8, 16384), (64, 16384))
+    ]
 
     print(f"\nvilg decode_attention at t={args.pos} on {device_name(device)}")
-    print(f"{'kind':7} {'B':>3} {'H':>3} {'D':>4} {'dtype':9} {'keys':>5} {'vilg ms':>9} "
-          f"{'dense ms':>9} {'speedup':>8} {'GB/s':>8} {'max|diff|':>10}")
+    print(
+        f"{'kind':7} {'B':>3} {'H':>3} {'D':>4} {'dtype':9} {'keys':>5} {'vilg ms':>9} "
+        f"{'dense ms':>9} {'speedup':>8} {'GB/s':>8} {'max|diff|':>10}"
+    )
     for r in rows:
-        print(f"{r['kind']:7} {r['batch']:3d} {r['heads']:3d} {r['head_dim']:4d} "
-              f"{r['dtype']:9} {r['keys']:5d} {r['vilg_ms']:9.4f} {r['anchor_ms']:9.4f} "
-              f"{r['speedup']:7.2f}x {r['vilg_gbps']:8.2f} {r['max_abs_diff_vs_anchor']:10.2e}")
+        print(
+            f"{r['kind']:7} {r['batch']:3d} {r['heads']:3d} {r['head_dim']:4d} "
+            f"{r['dtype']:9} {r['keys']:5d} {r['vilg_ms']:9.4f} {r['anchor_ms']:9.4f} "
+            f"{r['speedup']:7.2f}x {r['vilg_gbps']:8.2f} {r['max_abs_diff_vs_anchor']:10.2e}"
+        )
     print("\nvilg sample (cfg 3, temperature 0.9, top-k 400, top-p 0.9)")
     print(f"{'B':>4} {'V':>6} {'dtype':9} {'vilg ms':>9} {'torch ms':>9} {'speedup':>8}")
     for r in samp:
-        print(f"{r['batch']:4d} {r['vocab']:6d} {r['dtype']:9} {r['vilg_ms']:9.4f} "
-              f"{r['anchor_ms']:9.4f} {r['speedup']:7.2f}x")
+        print(
+            f"{r['batch']:4d} {r['vocab']:6d} {r['dtype']:9} {r['vilg_ms']:9.4f} "
+            f"{r['anchor_ms']:9.4f} {r['speedup']:7.2f}x"
+        )
     result = dict(
-        benchmark="decode", device=device_name(device), device_type=device.type,
-        date=datetime.datetime.now().isoformat(timespec="seconds"), git_commit=git_commit(),
-        torch=torch.__version__, vilg=vilg.build_info(), reps=reps, load_average=load_average(),
+        benchmark="decode",
+        device=device_name(device),
+        device_type=device.type,
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        git_commit=git_commit(),
+        torch=torch.__version__,
+        vilg=vilg.build_info(),
+        reps=reps,
+        load_average=load_average(),
         timing=("CUDA events" if gpu else "perf_counter")
         + ", median after warm-up, rotating inputs",
         layout=dict(text=64, grid=[32, 32], window=11, seq_len=64 + 32 * 32),
-        results=rows, sampler=samp,
+        results=rows,
+        sampler=samp,
     )
     out = Path(args.out) if args.out else HERE / "results" / f"decode_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -55,10 +55,19 @@ def load_average() -> list[float] | None:
 
 def git_commit() -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=HERE, capture_output=True, text=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -106,10 +115,20 @@ def bench_quantize(n, k, d, dtype, device, reps, fast=False):
         anchor = float("nan")
     agree = (O.vq_quantize(*xs[0], fast_fp32=fast) == cdist_argmin(*xs[0])).float().mean()
     flops = 2.0 * n * k * d
-    return dict(op="vq_quantize", n=n, k=k, d=d, dtype=str(dtype).replace("torch.", ""),
-                mode="fast_fp32" if fast else "default", vilg_ms=ours * 1e3,
-                anchor="cdist+argmin", anchor_ms=anchor * 1e3, speedup=anchor / ours,
-                vilg_tflops=flops / ours / 1e12, agree_with_anchor=float(agree))
+    return dict(
+        op="vq_quantize",
+        n=n,
+        k=k,
+        d=d,
+        dtype=str(dtype).replace("torch.", ""),
+        mode="fast_fp32" if fast else "default",
+        vilg_ms=ours * 1e3,
+        anchor="cdist+argmin",
+        anchor_ms=anchor * 1e3,
+        speedup=anchor / ours,
+        vilg_tflops=flops / ours / 1e12,
+        agree_with_anchor=float(agree),
+    )
 
 
 def bench_embed_stats(n, k, d, dtype, device, reps):
@@ -130,10 +149,28 @@ def bench_embed_stats(n, k, d, dtype, device, reps):
     st_t = timeit(torch_stats, sargs, device, reps=reps)
     dt = str(dtype).replace("torch.", "")
     return [
-        dict(op="vq_embed", n=n, k=k, d=d, dtype=dt, vilg_ms=emb * 1e3, anchor="codebook[idx]",
-             anchor_ms=emb_t * 1e3, speedup=emb_t / emb),
-        dict(op="vq_code_stats", n=n, k=k, d=d, dtype=dt, vilg_ms=st * 1e3,
-             anchor="bincount+index_add_", anchor_ms=st_t * 1e3, speedup=st_t / st),
+        dict(
+            op="vq_embed",
+            n=n,
+            k=k,
+            d=d,
+            dtype=dt,
+            vilg_ms=emb * 1e3,
+            anchor="codebook[idx]",
+            anchor_ms=emb_t * 1e3,
+            speedup=emb_t / emb,
+        ),
+        dict(
+            op="vq_code_stats",
+            n=n,
+            k=k,
+            d=d,
+            dtype=dt,
+            vilg_ms=st * 1e3,
+            anchor="bincount+index_add_",
+            anchor_ms=st_t * 1e3,
+            speedup=st_t / st,
+        ),
     ]
 
 
@@ -150,8 +187,11 @@ def main():
     if args.sizes:
         sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
     else:
-        sizes = [(65536, 8192, 256), (16384, 1024, 64)] if gpu else [(4096, 1024, 256),
-                                                                     (16384, 512, 64)]
+        sizes = (
+            [(65536, 8192, 256), (16384, 1024, 64)]
+            if gpu
+            else [(4096, 1024, 256), (16384, 512, 64)]
+        )
     dtypes = [torch.float32, torch.float16, torch.bfloat16]
     rows = []
     for n, k, d in sizes:
@@ -165,19 +205,29 @@ def main():
     rows += bench_embed_stats(n, k, d, torch.float32, device, reps)
 
     print(f"\nvilg VQ on {device_name(device)}")
-    print(f"{'op':14} {'N x K x D':>20} {'dtype':9} {'mode':10} {'vilg ms':>9} "
-          f"{'anchor ms':>10} {'speedup':>8}  note")
+    print(
+        f"{'op':14} {'N x K x D':>20} {'dtype':9} {'mode':10} {'vilg ms':>9} "
+        f"{'anchor ms':>10} {'speedup':>8}  note"
+    )
     for r in rows:
         shape = f"{r['n']}x{r['k']}x{r['d']}"
         note = r["anchor"]
         if "vilg_tflops" in r:
             note += f", {r['vilg_tflops'] * 1e3:.1f} GFLOP/s, agree {r['agree_with_anchor']:.4f}"
-        print(f"{r['op']:14} {shape:>20} {r['dtype']:9} {r.get('mode', ''):10} "
-              f"{r['vilg_ms']:9.3f} {r['anchor_ms']:10.3f} {r['speedup']:7.2f}x  {note}")
+        print(
+            f"{r['op']:14} {shape:>20} {r['dtype']:9} {r.get('mode', ''):10} "
+            f"{r['vilg_ms']:9.3f} {r['anchor_ms']:10.3f} {r['speedup']:7.2f}x  {note}"
+        )
     result = dict(
-        benchmark="vq", device=device_name(device), device_type=device.type,
-        date=datetime.datetime.now().isoformat(timespec="seconds"), git_commit=git_commit(),
-        torch=torch.__version__, vilg=vilg.build_info(), reps=reps, load_average=load_average(),
+        benchmark="vq",
+        device=device_name(device),
+        device_type=device.type,
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        git_commit=git_commit(),
+        torch=torch.__version__,
+        vilg=vilg.build_info(),
+        reps=reps,
+        load_average=load_average(),
         timing=("CUDA events" if gpu else "perf_counter")
         + ", median after warm-up, rotating inputs",
         results=rows,

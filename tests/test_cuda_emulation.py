@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from tests_support import ROOT
 
 HERE = Path(__file__).parent / "cuda_emulation"

@@ -152,9 +152,7 @@ def vq_quantize(x, cb) -> None:
         raise TypeError(f"x and codebook must share a dtype, got {x.dtype} and {cb.dtype}")
     same_device({"x": x, "codebook": cb})
     if x.shape[-1] != cb.shape[1]:
-        raise ValueError(
-            f"x has dim {x.shape[-1]} but the codebook's codes have dim {cb.shape[1]}"
-        )
+        raise ValueError(f"x has dim {x.shape[-1]} but the codebook's codes have dim {cb.shape[1]}")
     unit_last_stride(x, "x")
 
 
@@ -183,8 +181,7 @@ def vq_code_stats(indices, x, num_codes) -> int:
         raise ValueError("x must be [..., dim]")
     if tuple(indices.shape) != tuple(x.shape[:-1]):
         raise ValueError(
-            f"indices shape {list(indices.shape)} must equal x's leading shape "
-            f"{list(x.shape[:-1])}"
+            f"indices shape {list(indices.shape)} must equal x's leading shape {list(x.shape[:-1])}"
         )
     if indices.numel() >= 2**31:
         raise ValueError("vq_code_stats handles at most 2^31 - 1 rows")

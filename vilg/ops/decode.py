@@ -33,8 +33,18 @@ def _decode(
             n = C().decode_workspace_floats(B, H, D, splits)
             ws = torch.empty(n, dtype=torch.float32, device=q.device)
     C().decode_attention(
-        ref(q), ref(k_cache), ref(v_cache), ref(keys), ref(out), ref(ws), splits,
-        ref(text_lens), text_start, text_len, scale, stream_of(q),
+        ref(q),
+        ref(k_cache),
+        ref(v_cache),
+        ref(keys),
+        ref(out),
+        ref(ws),
+        splits,
+        ref(text_lens),
+        text_start,
+        text_len,
+        scale,
+        stream_of(q),
     )
     return out
 

@@ -47,8 +47,16 @@ def _sample(
 ) -> torch.Tensor:
     out = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
     C().sample(
-        ref(logits), ref(uncond), ref(out), cfg_scale, temperature, top_k, top_p,
-        seed % _U64, offset % _U64, stream_of(logits),
+        ref(logits),
+        ref(uncond),
+        ref(out),
+        cfg_scale,
+        temperature,
+        top_k,
+        top_p,
+        seed % _U64,
+        offset % _U64,
+        stream_of(logits),
     )
     return out
 

@@ -97,7 +97,10 @@ def vq_quantize(x, codebook, *, fast_fp32: bool = False) -> torch.Tensor:
 def _embed(indices: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     out = codebook.new_empty(indices.shape[0], codebook.shape[1])
     C().vq_embed(
-        ref(indices), ref(codebook), ref(out), ref(_err_buffer(codebook.device)),
+        ref(indices),
+        ref(codebook),
+        ref(out),
+        ref(_err_buffer(codebook.device)),
         stream_of(codebook),
     )
     return out
@@ -159,7 +162,12 @@ def _code_stats(
     if not x.is_cuda:
         ws = torch.empty(n + num_codes + 1, dtype=torch.int32)
     C().vq_code_stats(
-        ref(indices), ref(x), ref(counts), ref(sums), ref(ws), ref(_err_buffer(x.device)),
+        ref(indices),
+        ref(x),
+        ref(counts),
+        ref(sums),
+        ref(ws),
+        ref(_err_buffer(x.device)),
         stream_of(x),
     )
     return counts, sums
