@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "dispatch.h"
 #include "tile_io.h"
 #include "tile_math.h"
 
@@ -142,12 +143,7 @@ void bwd_impl(const AttnParams& p) {
 }  // namespace
 
 void attention_bwd(const AttnParams& p, DType dtype) {
-  switch (dtype) {
-    case DType::F32: return bwd_impl<float>(p);
-    case DType::F16: return bwd_impl<f16_t>(p);
-    case DType::BF16: return bwd_impl<bf16_t>(p);
-    default: fail("attention: unsupported dtype");
-  }
+  dispatch_float(dtype, "attention", [&](auto t) { bwd_impl<decltype(t)>(p); });
 }
 
 }  // namespace vilg::cpu

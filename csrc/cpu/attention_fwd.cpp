@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "dispatch.h"
 #include "tile_io.h"
 #include "tile_math.h"
 
@@ -61,12 +62,7 @@ void fwd_impl(const AttnParams& p) {
 }  // namespace
 
 void attention_fwd(const AttnParams& p, DType dtype) {
-  switch (dtype) {
-    case DType::F32: return fwd_impl<float>(p);
-    case DType::F16: return fwd_impl<f16_t>(p);
-    case DType::BF16: return fwd_impl<bf16_t>(p);
-    default: fail("attention: unsupported dtype");
-  }
+  dispatch_float(dtype, "attention", [&](auto t) { fwd_impl<decltype(t)>(p); });
 }
 
 }  // namespace vilg::cpu

@@ -10,6 +10,7 @@
 
 #include "../common/macros.h"
 #include "../common/tensor_ref.h"
+#include "dispatch.h"
 
 namespace vilg::cpu {
 namespace {
@@ -79,12 +80,7 @@ void decode_impl(const DecodeParams& p) {
 }  // namespace
 
 void decode_attention(const DecodeParams& p, DType dtype) {
-  switch (dtype) {
-    case DType::F32: return decode_impl<float>(p);
-    case DType::F16: return decode_impl<f16_t>(p);
-    case DType::BF16: return decode_impl<bf16_t>(p);
-    default: fail("decode_attention: unsupported dtype");
-  }
+  dispatch_float(dtype, "decode_attention", [&](auto t) { decode_impl<decltype(t)>(p); });
 }
 
 }  // namespace vilg::cpu

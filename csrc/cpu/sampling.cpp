@@ -12,6 +12,7 @@
 #include "../common/macros.h"
 #include "../common/philox.h"
 #include "../common/tensor_ref.h"
+#include "dispatch.h"
 
 namespace vilg::cpu {
 namespace {
@@ -96,12 +97,7 @@ void sample_impl(const SampleParams& p) {
 }  // namespace
 
 void sample(const SampleParams& p, DType dtype) {
-  switch (dtype) {
-    case DType::F32: return sample_impl<float>(p);
-    case DType::F16: return sample_impl<f16_t>(p);
-    case DType::BF16: return sample_impl<bf16_t>(p);
-    default: fail("sample: unsupported dtype");
-  }
+  dispatch_float(dtype, "sample", [&](auto t) { sample_impl<decltype(t)>(p); });
 }
 
 }  // namespace vilg::cpu

@@ -13,6 +13,7 @@
 
 #include "../common/macros.h"
 #include "../common/tensor_ref.h"
+#include "dispatch.h"
 #include "tile_io.h"
 
 namespace vilg::cpu {
@@ -174,16 +175,6 @@ void stats_impl(const VqStatsParams& p) {
   }
 }
 
-template <typename F>
-void dispatch(DType dtype, const char* what, F&& f) {
-  switch (dtype) {
-    case DType::F32: return f(float{});
-    case DType::F16: return f(f16_t{});
-    case DType::BF16: return f(bf16_t{});
-    default: fail(std::string(what) + ": unsupported dtype");
-  }
-}
-
 }  // namespace
 
 int64_t vq_workspace_floats(int k, int d) {
@@ -193,7 +184,7 @@ int64_t vq_workspace_floats(int k, int d) {
 
 void vq_quantize(const VqParams& p, DType dtype) {
   if (p.n == 0) return;
-  dispatch(dtype, "vq_quantize", [&](auto t) { quantize_impl<decltype(t)>(p); });
+  dispatch_float(dtype, "vq_quantize", [&](auto t) { quantize_impl<decltype(t)>(p); });
 }
 
 void vq_embed(const VqEmbedParams& p, DType dtype) {
@@ -210,7 +201,7 @@ void vq_embed(const VqEmbedParams& p, DType dtype) {
 
 void vq_code_stats(const VqStatsParams& p, DType dtype) {
   check_indices(p.idx, p.idx64, p.n, p.k);
-  dispatch(dtype, "vq_code_stats", [&](auto t) { stats_impl<decltype(t)>(p); });
+  dispatch_float(dtype, "vq_code_stats", [&](auto t) { stats_impl<decltype(t)>(p); });
 }
 
 }  // namespace vilg::cpu
