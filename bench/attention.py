@@ -2,7 +2,8 @@
 
 Anchors: PyTorch SDPA with the boolean mask (what a user would otherwise write), and
 FlexAttention with the equivalent BlockMask (--flex; compiled, so slow to start on a CPU).
-Reports median time, speedup and TFLOP/s counted over the tiles vilg visits.
+Reports median time, speedup and TFLOP/s counted over the tiles vilg visits. On a shared CPU,
+pin the thread count (OMP_NUM_THREADS=1); see bench/common.py.
 
     python bench/attention.py                      # CPU, B=1, 8 heads, D=64, T=64, 32x32
     python bench/attention.py --device cuda --dtype bfloat16 --batch 8 --heads 16 --flex
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench, print_table, write_results  # noqa: E402
+from common import bench, print_table, thread_note, write_results  # noqa: E402
 
 from vilg.layouts import ernie_vilg  # noqa: E402
 from vilg.ops import sparse_attention  # noqa: E402
@@ -105,6 +106,7 @@ def main(argv=None):
     p.add_argument("--rotate", type=int, default=2, help="input sets to rotate through")
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args(argv)
+    thread_note(torch.device(args.device))
     rows = run(args)
     cols = [
         "kind",

@@ -1,12 +1,19 @@
-"""Timing and result-file helpers shared by the benchmarks."""
+"""Timing and result-file helpers shared by the benchmarks.
+
+On a CPU shared with other jobs, pin the thread count (OMP_NUM_THREADS=1 python bench/...):
+an OpenMP team waits for its slowest thread, and a descheduled one costs a whole time slice.
+Result files record the thread count, OMP_NUM_THREADS and the machine's load average.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +33,34 @@ def device_name(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    return f"{name} ({torch.get_num_threads()} threads)"
+    return f"{name} ({torch.get_num_threads()} threads of {os.cpu_count()} cpus)"
+
+
+def load_average() -> list[float] | None:
+    """The machine's 1/5/15-minute load (a CPU shared with other jobs times badly)."""
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+def thread_note(device: torch.device) -> None:
+    """On the CPU without OMP_NUM_THREADS, print (to stderr) why one may want to pin it."""
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        print(
+            f"note: timing with {torch.get_num_threads()} threads; on a shared CPU pin them "
+            "(OMP_NUM_THREADS=1): an OpenMP team waits for its slowest thread",
+            file=sys.stderr,
+        )
+
+
+def _build_info() -> dict | None:
+    try:
+        import vilg
+
+        return vilg.build_info()
+    except Exception as e:  # noqa: BLE001 - results are still worth writing without it
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def git_commit() -> str:
@@ -71,21 +105,33 @@ def bench(fn, inputs: list, device: torch.device, warmup: int = 3, repeat: int =
     return statistics.median(times)
 
 
-def write_results(name: str, device: torch.device, config: dict, rows: list[dict]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(
+    name: str,
+    device: torch.device,
+    config: dict,
+    rows: list[dict],
+    path: str | Path | None = None,
+) -> Path:
+    """Write bench/results/<name>-<cpu|cuda>-<date>.json (or path) and return its path."""
     stamp = _dt.datetime.now().strftime("%Y-%m-%d")
     tag = "cuda" if device.type == "cuda" else "cpu"
-    path = RESULTS / f"{name}-{tag}-{stamp}.json"
+    path = Path(path) if path else RESULTS / f"{name}-{tag}-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    timer = "CUDA events" if device.type == "cuda" else "perf_counter"
     doc = {
         "benchmark": name,
         "device": device_name(device),
         "date": stamp,
         "commit": git_commit(),
         "torch": torch.__version__,
+        "vilg": _build_info(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average": load_average(),
+        "timing": f"{timer}, median after warm-up, rotating inputs",
         "config": config,
         "rows": rows,
     }
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     return path
 
 

@@ -11,59 +11,28 @@ the vilg kernel must read (K and V rows of the allowed keys) per second.
 Sampler: vilg.ops.sample (CFG + temperature + top-k + top-p + draw) against the same pipeline
 in torch ops (topk, sort, cumsum, softmax, multinomial).
 Median of repeats after warm-up with rotating inputs; CUDA events on the GPU, perf_counter on
-the CPU. Prints tables and writes bench/results/decode_<device>.json. On a CPU shared with
-other jobs, pin the thread count (OMP_NUM_THREADS=1), as for bench/vq.py.
+the CPU (bench/common.py). Prints tables and writes bench/results/decode-<cpu|cuda>-<date>.json
+(decode rows, then sampler rows). On a CPU shared with other jobs, pin the thread count
+(OMP_NUM_THREADS=1); see bench/common.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import vilg
-import vilg.ops as O
-from vilg.layouts import KINDS, ernie_vilg
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench, device_name, thread_note, write_results  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+import vilg.ops as O  # noqa: E402
+from vilg.layouts import KINDS, ernie_vilg  # noqa: E402
 
-try:  # shared helpers of bench/vq.py (same folder)
-    from vq import device_name, git_commit, load_average
-except ImportError:  # pragma: no cover - run from elsewhere
-    import sys
-
-    sys.path.insert(0, str(HERE))
-    from vq import device_name, git_commit, load_average
-
-
-def timeit(fn, args_list, device, warmup=3, reps=20) -> float:
-    n = len(args_list)
-    for i in range(warmup):
-        fn(*args_list[i % n])
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for i in range(reps):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(*args_list[i % n])
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-    else:
-        for i in range(reps):
-            t0 = time.perf_counter()
-            fn(*args_list[i % n])
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+WARMUP = 3  # untimed calls before the timed repeats
 
 
 def bench_decode(kind, B, H, D, dtype, pos, device, reps, text=64, grid=(32, 32)):
@@ -90,8 +59,8 @@ def bench_decode(kind, B, H, D, dtype, pos, device, reps, text=64, grid=(32, 32)
         )[:, :, 0]
 
     err = (ours(*sets[0]).float() - dense(*sets[0]).float()).abs().max().item()
-    t_ours = timeit(ours, sets, device, reps=reps)
-    t_dense = timeit(dense, sets, device, reps=reps)
+    t_ours = bench(ours, sets, device, WARMUP, reps)
+    t_dense = bench(dense, sets, device, WARMUP, reps)
     esize = torch.tensor([], dtype=dtype).element_size()
     moved = 2.0 * B * H * nkeys * D * esize + 2.0 * B * H * D * esize  # K, V rows + q, out
     return dict(
@@ -104,11 +73,11 @@ def bench_decode(kind, B, H, D, dtype, pos, device, reps, text=64, grid=(32, 32)
         pos=pos,
         seq_len=L,
         keys=nkeys,
-        vilg_ms=t_ours * 1e3,
+        vilg_ms=t_ours,
         anchor="dense SDPA over t+1 cached keys",
-        anchor_ms=t_dense * 1e3,
+        anchor_ms=t_dense,
         speedup=t_dense / t_ours,
-        vilg_gbps=moved / t_ours / 1e9,
+        vilg_gbps=moved / t_ours / 1e6,
         max_abs_diff_vs_anchor=err,
     )
 
@@ -134,17 +103,19 @@ def bench_sampler(B, V, dtype, device, reps):
         for _ in range(3)
     ]
     kw = dict(cfg_scale=3.0, temperature=0.9, top_k=400, top_p=0.9)
-    t_ours = timeit(lambda c, u: O.sample(c, uncond=u, seed=1, **kw), sets, device, reps=reps)
-    t_torch = timeit(lambda c, u: torch_sampler(c, u, 3.0, 0.9, 400, 0.9), sets, device, reps=reps)
+    t_ours = bench(lambda c, u: O.sample(c, uncond=u, seed=1, **kw), sets, device, WARMUP, reps)
+    t_torch = bench(
+        lambda c, u: torch_sampler(c, u, 3.0, 0.9, 400, 0.9), sets, device, WARMUP, reps
+    )
     return dict(
         op="sample",
         batch=B,
         vocab=V,
         dtype=str(dtype).replace("torch.", ""),
         options=kw,
-        vilg_ms=t_ours * 1e3,
+        vilg_ms=t_ours,
         anchor="torch topk+softmax+cumsum+multinomial",
-        anchor_ms=t_torch * 1e3,
+        anchor_ms=t_torch,
         speedup=t_torch / t_ours,
     )
 
@@ -157,9 +128,12 @@ def main():
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--pos", type=int, default=1000, help="decoding position t")
     ap.add_argument("--reps", type=int, default=0)
-    ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--out", default=None, help="JSON path (default bench/results/decode-<dev>-<date>.json)"
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
+    thread_note(device)
     gpu = device.type == "cuda"
     reps = args.reps or (50 if gpu else 10)
     batches = args.batch or ([8, 64] if gpu else [4])
@@ -194,25 +168,15 @@ def main():
             f"{r['batch']:4d} {r['vocab']:6d} {r['dtype']:9} {r['vilg_ms']:9.4f} "
             f"{r['anchor_ms']:9.4f} {r['speedup']:7.2f}x"
         )
-    result = dict(
-        benchmark="decode",
-        device=device_name(device),
-        device_type=device.type,
-        date=datetime.datetime.now().isoformat(timespec="seconds"),
-        git_commit=git_commit(),
-        torch=torch.__version__,
-        vilg=vilg.build_info(),
+    config = dict(
+        vars(args),
+        batch=batches,
+        dtypes=[str(t).replace("torch.", "") for t in dtypes],
         reps=reps,
-        load_average=load_average(),
-        timing=("CUDA events" if gpu else "perf_counter")
-        + ", median after warm-up, rotating inputs",
+        warmup=WARMUP,
         layout=dict(text=64, grid=[32, 32], window=11, seq_len=64 + 32 * 32),
-        results=rows,
-        sampler=samp,
     )
-    out = Path(args.out) if args.out else HERE / "results" / f"decode_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    out = write_results("decode", device, config, rows + samp, args.out)
     print(f"\nwrote {out}")
     assert all(math.isfinite(r["vilg_ms"]) for r in rows)
 

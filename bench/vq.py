@@ -6,95 +6,25 @@
 vq_quantize is timed against torch.cdist(x, codebook).argmin(1) (which materialises the
 N x K distances); vq_embed against codebook[indices]; vq_code_stats against bincount +
 index_add_. Median of repeats after warm-up, with inputs rotated between calls; CUDA events on
-the GPU, perf_counter on the CPU. Prints a table and writes bench/results/vq_<device>.json.
-On a CPU shared with other jobs, pin the thread count (OMP_NUM_THREADS=1 python bench/vq.py):
-an OpenMP team waits for its slowest thread, and a descheduled one costs a whole time slice.
+the GPU, perf_counter on the CPU (bench/common.py). Prints a table and writes
+bench/results/vq-<cpu|cuda>-<date>.json. On a CPU shared with other jobs, pin the thread count
+(OMP_NUM_THREADS=1 python bench/vq.py); see bench/common.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import statistics
-import subprocess
-import time
+import sys
 from pathlib import Path
 
 import torch
 
-import vilg
-import vilg.ops as O
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench, device_name, thread_note, write_results  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+import vilg.ops as O  # noqa: E402
 
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({torch.get_num_threads()} threads, OpenMP {os.cpu_count()} cpus)"
-
-
-def load_average() -> list[float] | None:
-    """The machine's 1/5/15-minute load (a CPU shared with other jobs times badly)."""
-    try:
-        return [float(v) for v in open("/proc/loadavg").read().split()[:3]]
-    except OSError:
-        return None
-
-
-def git_commit() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def timeit(fn, args_list, device, warmup=2, reps=7) -> float:
-    """Median seconds of fn(*args), cycling through args_list."""
-    n = len(args_list)
-    for i in range(warmup):
-        fn(*args_list[i % n])
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for i in range(reps):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(*args_list[i % n])
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-    else:
-        for i in range(reps):
-            t0 = time.perf_counter()
-            fn(*args_list[i % n])
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+WARMUP = 2  # untimed calls before the timed repeats
 
 
 def cdist_argmin(x, cb):
@@ -107,9 +37,9 @@ def bench_quantize(n, k, d, dtype, device, reps, fast=False):
     g = torch.Generator().manual_seed(0)
     cb = torch.randn(k, d, generator=g).to(dtype).to(device)
     xs = [(torch.randn(n, d, generator=g).to(dtype).to(device), cb) for _ in range(2)]
-    ours = timeit(lambda x, c: O.vq_quantize(x, c, fast_fp32=fast), xs, device, reps=reps)
+    ours = bench(lambda x, c: O.vq_quantize(x, c, fast_fp32=fast), xs, device, WARMUP, reps)
     try:
-        anchor = timeit(cdist_argmin, xs, device, reps=reps)
+        anchor = bench(cdist_argmin, xs, device, WARMUP, reps)
     except (RuntimeError, torch.OutOfMemoryError) as e:  # e.g. no half cdist kernel
         print(f"  cdist anchor failed for {dtype}: {type(e).__name__}: {str(e)[:80]}")
         anchor = float("nan")
@@ -122,11 +52,11 @@ def bench_quantize(n, k, d, dtype, device, reps, fast=False):
         d=d,
         dtype=str(dtype).replace("torch.", ""),
         mode="fast_fp32" if fast else "default",
-        vilg_ms=ours * 1e3,
+        vilg_ms=ours,
         anchor="cdist+argmin",
-        anchor_ms=anchor * 1e3,
+        anchor_ms=anchor,
         speedup=anchor / ours,
-        vilg_tflops=flops / ours / 1e12,
+        vilg_tflops=flops / ours / 1e9,
         agree_with_anchor=float(agree),
     )
 
@@ -135,18 +65,18 @@ def bench_embed_stats(n, k, d, dtype, device, reps):
     g = torch.Generator().manual_seed(1)
     cb = torch.randn(k, d, generator=g).to(dtype).to(device)
     args = [(torch.randint(0, k, (n,), generator=g).to(device), cb) for _ in range(2)]
-    emb = timeit(O.vq_embed, args, device, reps=reps)
-    emb_t = timeit(lambda i, c: c[i], args, device, reps=reps)
+    emb = bench(O.vq_embed, args, device, WARMUP, reps)
+    emb_t = bench(lambda i, c: c[i], args, device, WARMUP, reps)
     x = torch.randn(n, d, generator=g).to(dtype).to(device)
     sargs = [(i, x) for i, _ in args]
-    st = timeit(lambda i, xx: O.vq_code_stats(i, xx, k), sargs, device, reps=reps)
+    st = bench(lambda i, xx: O.vq_code_stats(i, xx, k), sargs, device, WARMUP, reps)
 
     def torch_stats(i, xx):
         counts = torch.bincount(i, minlength=k).float()
         sums = torch.zeros(k, d, device=xx.device).index_add_(0, i, xx.float())
         return counts, sums
 
-    st_t = timeit(torch_stats, sargs, device, reps=reps)
+    st_t = bench(torch_stats, sargs, device, WARMUP, reps)
     dt = str(dtype).replace("torch.", "")
     return [
         dict(
@@ -155,9 +85,9 @@ def bench_embed_stats(n, k, d, dtype, device, reps):
             k=k,
             d=d,
             dtype=dt,
-            vilg_ms=emb * 1e3,
+            vilg_ms=emb,
             anchor="codebook[idx]",
-            anchor_ms=emb_t * 1e3,
+            anchor_ms=emb_t,
             speedup=emb_t / emb,
         ),
         dict(
@@ -166,9 +96,9 @@ def bench_embed_stats(n, k, d, dtype, device, reps):
             k=k,
             d=d,
             dtype=dt,
-            vilg_ms=st * 1e3,
+            vilg_ms=st,
             anchor="bincount+index_add_",
-            anchor_ms=st_t * 1e3,
+            anchor_ms=st_t,
             speedup=st_t / st,
         ),
     ]
@@ -179,9 +109,14 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--sizes", nargs="*", help="NxKxD for vq_quantize (default per device)")
     ap.add_argument("--reps", type=int, default=0, help="timed repeats (default per device)")
-    ap.add_argument("--out", default=None, help="JSON path (default bench/results/vq_<dev>.json)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="JSON path (default bench/results/vq-<dev>-<date>.json)",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
+    thread_note(device)
     gpu = device.type == "cuda"
     reps = args.reps or (20 if gpu else 5)
     if args.sizes:
@@ -218,23 +153,14 @@ def main():
             f"{r['op']:14} {shape:>20} {r['dtype']:9} {r.get('mode', ''):10} "
             f"{r['vilg_ms']:9.3f} {r['anchor_ms']:10.3f} {r['speedup']:7.2f}x  {note}"
         )
-    result = dict(
-        benchmark="vq",
-        device=device_name(device),
-        device_type=device.type,
-        date=datetime.datetime.now().isoformat(timespec="seconds"),
-        git_commit=git_commit(),
-        torch=torch.__version__,
-        vilg=vilg.build_info(),
+    config = dict(
+        vars(args),
+        sizes=[list(s) for s in sizes],
+        dtypes=[str(t).replace("torch.", "") for t in dtypes],
         reps=reps,
-        load_average=load_average(),
-        timing=("CUDA events" if gpu else "perf_counter")
-        + ", median after warm-up, rotating inputs",
-        results=rows,
+        warmup=WARMUP,
     )
-    out = Path(args.out) if args.out else HERE / "results" / f"vq_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    out = write_results("vq", device, config, rows, args.out)
     print(f"\nwrote {out}")
 
 
