@@ -106,9 +106,15 @@ def render(scene: Scene, side: int = 64) -> np.ndarray:
     if not 24 <= side <= 256:  # the spec's default (64) is not a multiple of 3, so allow any
         raise ValueError(f"image side must be between 24 and 256 pixels, got {side}")
     img = np.zeros((side, side, 3), dtype=np.uint8)
+    cell = side / 3.0
     for o in scene:
         cy, cx = cell_center(o.cell, side)
-        img[shape_mask(o.shape, o.size, side, cy, cx, side)] = RGB[o.color]
+        # draw inside the object's own cell only (an object never leaves its cell)
+        y0, x0 = int(cy - cell / 2), int(cx - cell / 2)
+        ext = int(np.ceil(cell)) + 1
+        y1, x1 = min(y0 + ext, side), min(x0 + ext, side)
+        m = shape_mask(o.shape, o.size, side, cy - y0, cx - x0, ext)[:y1 - y0, :x1 - x0]
+        img[y0:y1, x0:x1][m] = RGB[o.color]
     return img
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 PAD, UNK, BOS, EOS, SEP = "[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]"
-SPECIALS = [PAD, UNK, BOS, EOS, SEP]
+LANG_TAGS = {"en": "[EN]", "zh": "[ZH]"}  # asks the captioner for a language
+SPECIALS = [PAD, UNK, BOS, EOS, SEP, *LANG_TAGS.values()]
 
 
 class PromptError(ValueError):
@@ -31,7 +32,9 @@ class TextTokenizer:
     def __init__(self, tok: Tokenizer):
         self.tok = tok
         self.pad_id, self.unk_id, self.bos_id, self.eos_id, self.sep_id = (
-            tok.token_to_id(s) for s in SPECIALS)
+            tok.token_to_id(s) for s in SPECIALS[:5])
+        self.lang_ids = {k: tok.token_to_id(v) for k, v in LANG_TAGS.items()}
+        self.special_ids = {tok.token_to_id(s) for s in SPECIALS}
 
     @classmethod
     def train(cls, corpus: list[str], vocab_size: int = 1000) -> TextTokenizer:
@@ -75,6 +78,10 @@ class TextTokenizer:
                 raise PromptError(f"unknown word(s) for this model's vocabulary: {unknown}")
         return enc.ids
 
+    def lang_prompt(self, lang: str) -> list[int]:
+        """Prompt that asks image->text for a caption in `lang` ("raw": untagged user text)."""
+        return [self.lang_ids[lang]] if lang in self.lang_ids else []
+
     def decode(self, ids) -> str:
         """Inverse of encode on this corpus: no spaces around CJK characters or punctuation."""
         out = ""
@@ -83,7 +90,7 @@ class TextTokenizer:
             i = int(i)
             if i == self.eos_id:
                 break
-            if i in (self.pad_id, self.bos_id, self.sep_id):
+            if i in self.special_ids:
                 continue
             t = self.tok.id_to_token(i)
             if t is None:
