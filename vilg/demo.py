@@ -69,11 +69,11 @@ def write_gallery(pipe: Pipeline, folder: Path, metrics: dict, seed: int = 0,
                 name = f"p{i}_{lang}_{k}.png"
                 Image.fromarray(arr[k]).resize((size * 2, size * 2), Image.NEAREST) \
                     .save(folder / name)
-                ok = score(arr[k], sc)["correct"]
-                cells.append(f'<span class="{"ok" if ok else "bad"}">'
-                             f'{_img(name, f"score {float(res["scores"][0, k]):.3f}")}</span>')
-            parts.append(f"<tr><td class='t'>{html.escape(prompt)}</td><td>{''.join(cells)}"
-                         "</td></tr>")
+                cls = "ok" if score(arr[k], sc)["correct"] else "bad"
+                tip = "matcher score %.3f" % float(res["scores"][0, k])
+                cells.append(f'<span class="{cls}">{_img(name, tip)}</span>')
+            row = "".join(cells)
+            parts.append(f"<tr><td class='t'>{html.escape(prompt)}</td><td>{row}</td></tr>")
     parts.append("</table><h2>Image &rarr; text and VQA</h2><table><tr><th>image</th>"
                  "<th>captions (greedy / beam 3)</th><th>questions</th></tr>")
     imgs = test.image_tensor(np.arange(1000, 1000 + GALLERY_PROMPTS))

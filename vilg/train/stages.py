@@ -162,7 +162,7 @@ class GeneratorTrainer(Trainer):
 
     def __init__(self, model: UnifiedTransformer, cfg: TrainConfig, out_dir, pool: Pool,
                  codes: torch.Tensor, val: Pool, val_codes: torch.Tensor, tok: TextTokenizer,
-                 p_uncond: float = 0.1, vqa_frac: float = 0.4, device="cpu"):
+                 p_uncond: float = 0.1, vqa_frac: float = 0.5, device="cpu"):
         self.pool, self.codes, self.val, self.val_codes, self.tok = pool, codes, val, val_codes, tok
         self.p_uncond, self.vqa_frac = p_uncond, vqa_frac
         self.cap_ids = {lang: [tok.encode(t) for t in caps] for lang, caps in pool.texts.items()}
