@@ -1,0 +1,168 @@
+// Python entry points of block-sparse attention: TensorRefs -> AttnParams, checked, dispatched.
+#include "../common/attention_params.h"
+#include "../cpu/kernels.h"
+#include "registry.h"
+
+#ifdef VILG_WITH_CUDA
+#include "../cuda/kernels.h"
+#endif
+
+namespace vilg {
+namespace {
+
+// The layout's arrays, in the order vilg.layouts.Layout.kernel_arrays() returns them.
+BlockSparse make_layout(const py::tuple& arrays, int seq_len, int block, int text_start,
+                        int text_len, int device) {
+  check(arrays.size() == 8, "layout: expected 8 arrays");
+  auto ref = [&](int i, DType dt, const char* name) -> const TensorRef* {
+    const TensorRef* r = opt_ref(arrays[i]);
+    if (!r) return nullptr;
+    check_ref(*r, name, dt, dt == DType::I64 ? 3 : 1);
+    check(r->contiguous(), std::string("layout: ") + name + " must be contiguous");
+    check(r->device == device, std::string("layout: ") + name + " is on another device");
+    return r;
+  };
+  check(block > 0 && block % 16 == 0, "layout: block size must be a positive multiple of 16");
+  BlockSparse ls;
+  ls.seq_len = seq_len;
+  ls.block = block;
+  ls.num_q_blocks = ls.num_k_blocks = (seq_len + block - 1) / block;
+  const TensorRef* q_ptr = ref(0, DType::I32, "q_ptr");
+  const TensorRef* k_ptr = ref(3, DType::I32, "k_ptr");
+  const TensorRef* masks = ref(6, DType::I64, "masks");
+  const TensorRef* perm = ref(7, DType::I32, "perm");
+  check(q_ptr && k_ptr && masks, "layout: missing arrays");
+  check(q_ptr->size(0) == ls.num_q_blocks + 1 && k_ptr->size(0) == ls.num_k_blocks + 1,
+        "layout: block pointer arrays do not match the sequence length");
+  check(masks->size(1) == block, "layout: mask tiles do not match the block size");
+  check(!perm || perm->size(0) == seq_len, "layout: permutation length differs from L");
+  check(text_start >= 0 && text_len >= 0 && text_start + text_len <= seq_len,
+        "layout: text segment outside the sequence");
+  ls.q_ptr = q_ptr->data<int32_t>();
+  ls.q_kv = ref(1, DType::I32, "q_kv")->data<int32_t>();
+  ls.q_mask = ref(2, DType::I32, "q_mask")->data<int32_t>();
+  ls.k_ptr = k_ptr->data<int32_t>();
+  ls.k_q = ref(4, DType::I32, "k_q")->data<int32_t>();
+  ls.k_mask = ref(5, DType::I32, "k_mask")->data<int32_t>();
+  ls.masks = masks->data<uint64_t>();
+  ls.mask_words = int(masks->size(2));
+  ls.perm = perm ? perm->data<int32_t>() : nullptr;
+  ls.text_start = text_start;
+  ls.text_len = text_len;
+  return ls;
+}
+
+void check_bhld(const TensorRef& t, const char* name, const TensorRef& q, int L) {
+  check(t.dim() == 4, std::string(name) + " must be [batch, heads, seq, head_dim]");
+  check(t.dtype == q.dtype, std::string(name) + " dtype differs from q");
+  check(t.device == q.device, std::string(name) + " is on another device than q");
+  check(t.size(0) == q.size(0) && t.size(1) == q.size(1) && t.size(3) == q.size(3),
+        std::string(name) + " shape differs from q");
+  check(t.size(2) == L, std::string(name) + " sequence length differs from the layout");
+  check(t.stride(3) == 1, std::string(name) + " must have a contiguous last dimension");
+}
+
+void set_strides(int64_t* s, const TensorRef& t) {
+  for (int i = 0; i < 3; ++i) s[i] = t.stride(i);
+}
+
+AttnParams make_params(const TensorRef& q, const TensorRef& k, const TensorRef& v,
+                       const TensorRef& o, const TensorRef& lse, const BlockSparse& ls,
+                       const py::object& text_lens, float scale) {
+  check(q.dtype == DType::F32 || q.dtype == DType::F16 || q.dtype == DType::BF16,
+        "attention supports float32, float16 and bfloat16");
+  const int L = ls.seq_len;
+  for (auto [t, n] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&o, "out"}})
+    check_bhld(*t, n, q, L);
+  check_ref(lse, "lse", DType::F32, 3);
+  check(lse.contiguous() && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) &&
+            lse.size(2) == L && lse.device == q.device,
+        "lse must be a contiguous float32 [batch, heads, seq] buffer on q's device");
+  AttnParams p;
+  p.ls = ls;
+  p.batch = int(q.size(0));
+  p.heads = int(q.size(1));
+  p.head_dim = int(q.size(3));
+  p.scale = scale;
+  check(p.head_dim > 0 && p.head_dim <= 256, "head_dim must be in 1..256");
+  if (const TensorRef* tl = opt_ref(text_lens)) {
+    check_ref(*tl, "text_lens", DType::I32, 1);
+    check(tl->size(0) == q.size(0) && tl->device == q.device && tl->contiguous(),
+          "text_lens must be a contiguous int32 [batch] tensor on q's device");
+    p.text_lens = tl->data<int32_t>();
+  }
+  p.q = (const void*)q.ptr;
+  p.k = (const void*)k.ptr;
+  p.v = (const void*)v.ptr;
+  p.o = (void*)o.ptr;
+  p.lse = lse.data<float>();
+  set_strides(p.q_s, q);
+  set_strides(p.k_s, k);
+  set_strides(p.v_s, v);
+  set_strides(p.o_s, o);
+  return p;
+}
+
+void attention_fwd(const TensorRef& q, const TensorRef& k, const TensorRef& v,
+                   const TensorRef& o, const TensorRef& lse, const py::tuple& layout,
+                   int seq_len, int block, int text_start, int text_len,
+                   const py::object& text_lens, float scale, uintptr_t stream) {
+  const BlockSparse ls = make_layout(layout, seq_len, block, text_start, text_len, q.device);
+  const AttnParams p = make_params(q, k, v, o, lse, ls, text_lens, scale);
+  if (q.is_cuda()) {
+#ifdef VILG_WITH_CUDA
+    cuda::attention_fwd(p, q.dtype, q.device, stream);
+#else
+    (void)stream;
+    no_cuda("sparse_attention");
+#endif
+  } else {
+    py::gil_scoped_release nogil;
+    cpu::attention_fwd(p, q.dtype);
+  }
+}
+
+void attention_bwd(const TensorRef& dout, const TensorRef& q, const TensorRef& k,
+                   const TensorRef& v, const TensorRef& o, const TensorRef& lse,
+                   const TensorRef& dq, const TensorRef& dk, const TensorRef& dv,
+                   const TensorRef& delta, const py::tuple& layout, int seq_len, int block,
+                   int text_start, int text_len, const py::object& text_lens, float scale,
+                   uintptr_t stream) {
+  const BlockSparse ls = make_layout(layout, seq_len, block, text_start, text_len, q.device);
+  AttnParams p = make_params(q, k, v, o, lse, ls, text_lens, scale);
+  for (auto [t, n] : {std::pair{&dout, "grad_out"}, {&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}})
+    check_bhld(*t, n, q, seq_len);
+  check_ref(delta, "delta", DType::F32, 3);
+  check(delta.contiguous() && delta.numel() == lse.numel() && delta.device == q.device,
+        "delta must be a contiguous float32 workspace shaped like lse");
+  p.dout = (const void*)dout.ptr;
+  p.dq = (void*)dq.ptr;
+  p.dk = (void*)dk.ptr;
+  p.dv = (void*)dv.ptr;
+  p.delta = delta.data<float>();
+  set_strides(p.do_s, dout);
+  set_strides(p.dq_s, dq);
+  set_strides(p.dk_s, dk);
+  set_strides(p.dv_s, dv);
+  if (q.is_cuda()) {
+#ifdef VILG_WITH_CUDA
+    cuda::attention_bwd(p, q.dtype, q.device, stream);
+#else
+    (void)stream;
+    no_cuda("sparse_attention backward");
+#endif
+  } else {
+    py::gil_scoped_release nogil;
+    cpu::attention_bwd(p, q.dtype);
+  }
+}
+
+void bind(py::module_& m) {
+  m.def("attention_fwd", &attention_fwd, "Block-sparse attention forward (writes o and lse)");
+  m.def("attention_bwd", &attention_bwd, "Block-sparse attention backward (writes dq, dk, dv)");
+}
+
+const RegisterFamily reg(bind, {"sparse_attention_fwd", "sparse_attention_bwd"});
+
+}  // namespace
+}  // namespace vilg

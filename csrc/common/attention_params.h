@@ -1,0 +1,57 @@
+// Plain-old-data parameters of the block-sparse attention kernels (CPU and CUDA alike).
+//
+// All indices below are in *kernel order*: position p of the kernel's sequence lives in row
+// perm[p] of the caller's tensors (perm == nullptr means identity). A layout may permute, e.g.
+// to run column attention as row attention on the transposed image grid.
+#pragma once
+#include <cstdint>
+
+namespace vilg {
+
+struct BlockSparse {
+  int seq_len = 0;  // L
+  int block = 64;   // square tile size (query rows = key columns)
+  int num_q_blocks = 0, num_k_blocks = 0;
+  // CSR by query block: entries q_ptr[i] .. q_ptr[i+1] list key blocks q_kv[e], ascending, each
+  // either full (q_mask[e] < 0) or partial, with its in-tile mask at masks[q_mask[e]].
+  const int32_t* q_ptr = nullptr;
+  const int32_t* q_kv = nullptr;
+  const int32_t* q_mask = nullptr;
+  // CSC by key block (same entries, for the dK/dV pass): k_q[e] is the query block.
+  const int32_t* k_ptr = nullptr;
+  const int32_t* k_q = nullptr;
+  const int32_t* k_mask = nullptr;
+  // In-tile masks: [num_masks][block][mask_words] bitsets, bit c of row r set = may attend.
+  // Rows/columns outside [0, L) are always clear, and full tiles lie wholly inside.
+  const uint64_t* masks = nullptr;
+  int mask_words = 1;
+  const int32_t* perm = nullptr;
+  // The text segment [text_start, text_start + text_len) in kernel order, where per-sample
+  // padding (text_lens) masks keys.
+  int text_start = 0, text_len = 0;
+};
+
+struct AttnParams {
+  BlockSparse ls;
+  int batch = 0, heads = 0, head_dim = 0;
+  float scale = 1.f;
+  const int32_t* text_lens = nullptr;  // [batch] or null
+
+  // Forward: q, k, v -> o, lse. Strides in elements for [batch, heads, seq]; last dim is unit.
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* o = nullptr;
+  float* lse = nullptr;  // [batch, heads, L] contiguous; -inf for a row with no allowed key
+  int64_t q_s[3] = {0, 0, 0}, k_s[3] = {0, 0, 0}, v_s[3] = {0, 0, 0}, o_s[3] = {0, 0, 0};
+
+  // Backward: do -> dq, dk, dv; delta = rowsum(do * o) is a [batch, heads, L] fp32 workspace.
+  const void* dout = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  float* delta = nullptr;
+  int64_t do_s[3] = {0, 0, 0}, dq_s[3] = {0, 0, 0}, dk_s[3] = {0, 0, 0}, dv_s[3] = {0, 0, 0};
+};
+
+}  // namespace vilg

@@ -1,0 +1,153 @@
+// Block-sparse attention backward on the CPU, FlashAttention-2 style: probabilities are
+// recomputed from the saved log-sum-exp. Two passes with no atomics, so results are
+// deterministic: dQ per query tile (CSR), then dK/dV per key tile (CSC).
+#include <vector>
+
+#include "kernels.h"
+#include "tile_io.h"
+#include "tile_math.h"
+
+namespace vilg::cpu {
+namespace {
+
+void load_rowvec(float* dst, const float* src, const BlockSparse& ls, int p0, int bs, float pad) {
+  for (int r = 0; r < bs; ++r) dst[r] = p0 + r < ls.seq_len ? src[seq_row(ls, p0 + r)] : pad;
+}
+
+// delta = rowsum(dO * O), per sequence row.
+template <typename T>
+void delta_pass(const AttnParams& p) {
+  const int L = p.ls.seq_len, D = p.head_dim;
+  const int64_t rows = int64_t(p.batch) * p.heads * L;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < rows; ++t) {
+    const int row = int(t % L), h = int((t / L) % p.heads), b = int(t / (int64_t(L) * p.heads));
+    const T* o = slice<const T>(p.o, p.o_s, b, h) + int64_t(row) * p.o_s[2];
+    const T* g = slice<const T>(p.dout, p.do_s, b, h) + int64_t(row) * p.do_s[2];
+    float acc = 0.f;
+    for (int d = 0; d < D; ++d) acc += to_float(o[d]) * to_float(g[d]);
+    p.delta[t] = acc;
+  }
+}
+
+struct Scratch {
+  std::vector<float> Q, dO, Kt, Vt, K, S, dP, acc, acc2, lse, delta;
+  std::vector<uint64_t> mask;
+  Scratch(int bs, int Dp)
+      : Q(size_t(bs) * Dp), dO(size_t(bs) * Dp), Kt(size_t(Dp) * bs), Vt(size_t(Dp) * bs),
+        K(size_t(bs) * Dp), S(size_t(bs) * bs), dP(size_t(bs) * bs), acc(size_t(bs) * Dp),
+        acc2(size_t(bs) * Dp), lse(bs), delta(bs) {}
+};
+
+// P and dS of one (query tile, key tile) pair; expects Q, dO, Kt, Vt, lse, delta loaded.
+void pair_grads(Scratch& s, int bs, int Dp, float scale, const uint64_t* rm, int words) {
+  std::fill(s.S.begin(), s.S.end(), 0.f);
+  gemm_nn(bs, bs, Dp, s.Q.data(), Dp, s.Kt.data(), bs, s.S.data(), bs);
+  for (float& x : s.S) x *= scale;
+  probs_from_lse(s.S.data(), bs, bs, rm, words, s.lse.data());
+  std::fill(s.dP.begin(), s.dP.end(), 0.f);
+  gemm_nn(bs, bs, Dp, s.dO.data(), Dp, s.Vt.data(), bs, s.dP.data(), bs);
+  dscores(s.dP.data(), s.S.data(), bs, bs, s.delta.data());
+}
+
+template <typename T>
+void load_query_side(Scratch& s, const AttnParams& p, int b, int h, int qb) {
+  const BlockSparse& ls = p.ls;
+  const int bs = ls.block, D = p.head_dim, Dp = round16(D);
+  const int64_t off = (int64_t(b) * p.heads + h) * ls.seq_len;
+  load_tile(s.Q.data(), Dp, slice<const T>(p.q, p.q_s, b, h), p.q_s[2], ls, qb * bs, bs, D, Dp,
+            false);
+  load_tile(s.dO.data(), Dp, slice<const T>(p.dout, p.do_s, b, h), p.do_s[2], ls, qb * bs, bs, D,
+            Dp, false);
+  // Rows past L get lse = -inf, so their probabilities are zero.
+  load_rowvec(s.lse.data(), p.lse + off, ls, qb * bs, bs, -__builtin_inff());
+  load_rowvec(s.delta.data(), p.delta + off, ls, qb * bs, bs, 0.f);
+}
+
+template <typename T>
+void dq_pass(const AttnParams& p) {
+  const BlockSparse& ls = p.ls;
+  const int bs = ls.block, D = p.head_dim, Dp = round16(D);
+  const int64_t tasks = int64_t(p.batch) * p.heads * ls.num_q_blocks;
+#pragma omp parallel
+  {
+    Scratch s(bs, Dp);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int qb = int(t % ls.num_q_blocks), h = int((t / ls.num_q_blocks) % p.heads);
+      const int b = int(t / (int64_t(ls.num_q_blocks) * p.heads));
+      const int tv = text_valid_len(p, b);
+      load_query_side<T>(s, p, b, h, qb);
+      std::fill(s.acc.begin(), s.acc.end(), 0.f);
+      for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
+        const int kb = ls.q_kv[e];
+        const uint64_t* rm = tile_rowmask(s.mask, ls, ls.q_mask[e], kb, tv);
+        load_tile(s.Kt.data(), bs, slice<const T>(p.k, p.k_s, b, h), p.k_s[2], ls, kb * bs, bs,
+                  D, Dp, true);
+        load_tile(s.K.data(), Dp, slice<const T>(p.k, p.k_s, b, h), p.k_s[2], ls, kb * bs, bs, D,
+                  Dp, false);
+        load_tile(s.Vt.data(), bs, slice<const T>(p.v, p.v_s, b, h), p.v_s[2], ls, kb * bs, bs,
+                  D, Dp, true);
+        pair_grads(s, bs, Dp, p.scale, rm, ls.mask_words);
+        gemm_nn(bs, Dp, bs, s.dP.data(), bs, s.K.data(), Dp, s.acc.data(), Dp);  // dQ += dS K
+      }
+      store_tile(slice<T>(p.dq, p.dq_s, b, h), p.dq_s[2], s.acc.data(), Dp, ls, qb * bs, bs, D,
+                 p.scale);
+    }
+  }
+}
+
+template <typename T>
+void dkdv_pass(const AttnParams& p) {
+  const BlockSparse& ls = p.ls;
+  const int bs = ls.block, D = p.head_dim, Dp = round16(D);
+  const int64_t tasks = int64_t(p.batch) * p.heads * ls.num_k_blocks;
+#pragma omp parallel
+  {
+    Scratch s(bs, Dp);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int kb = int(t % ls.num_k_blocks), h = int((t / ls.num_k_blocks) % p.heads);
+      const int b = int(t / (int64_t(ls.num_k_blocks) * p.heads));
+      const int tv = text_valid_len(p, b);
+      load_tile(s.Kt.data(), bs, slice<const T>(p.k, p.k_s, b, h), p.k_s[2], ls, kb * bs, bs, D,
+                Dp, true);
+      load_tile(s.Vt.data(), bs, slice<const T>(p.v, p.v_s, b, h), p.v_s[2], ls, kb * bs, bs, D,
+                Dp, true);
+      std::fill(s.acc.begin(), s.acc.end(), 0.f);   // dK
+      std::fill(s.acc2.begin(), s.acc2.end(), 0.f);  // dV
+      for (int e = ls.k_ptr[kb]; e < ls.k_ptr[kb + 1]; ++e) {
+        const int qb = ls.k_q[e];
+        const uint64_t* rm = tile_rowmask(s.mask, ls, ls.k_mask[e], kb, tv);
+        load_query_side<T>(s, p, b, h, qb);
+        pair_grads(s, bs, Dp, p.scale, rm, ls.mask_words);
+        gemm_tn(bs, Dp, bs, s.S.data(), bs, s.dO.data(), Dp, s.acc2.data(), Dp);  // dV += P^T dO
+        gemm_tn(bs, Dp, bs, s.dP.data(), bs, s.Q.data(), Dp, s.acc.data(), Dp);   // dK += dS^T Q
+      }
+      store_tile(slice<T>(p.dk, p.dk_s, b, h), p.dk_s[2], s.acc.data(), Dp, ls, kb * bs, bs, D,
+                 p.scale);
+      store_tile(slice<T>(p.dv, p.dv_s, b, h), p.dv_s[2], s.acc2.data(), Dp, ls, kb * bs, bs, D,
+                 1.f);
+    }
+  }
+}
+
+template <typename T>
+void bwd_impl(const AttnParams& p) {
+  delta_pass<T>(p);
+  dq_pass<T>(p);
+  dkdv_pass<T>(p);
+}
+
+}  // namespace
+
+void attention_bwd(const AttnParams& p, DType dtype) {
+  switch (dtype) {
+    case DType::F32: return bwd_impl<float>(p);
+    case DType::F16: return bwd_impl<f16_t>(p);
+    case DType::BF16: return bwd_impl<bf16_t>(p);
+    default: fail("attention: unsupported dtype");
+  }
+}
+
+}  // namespace vilg::cpu

@@ -1,0 +1,72 @@
+// Block-sparse attention forward on the CPU: online softmax over the allowed key tiles of each
+// query tile, parallel over batch x heads x query tiles.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels.h"
+#include "tile_io.h"
+#include "tile_math.h"
+
+namespace vilg::cpu {
+namespace {
+
+template <typename T>
+void fwd_impl(const AttnParams& p) {
+  const BlockSparse& ls = p.ls;
+  const int bs = ls.block, D = p.head_dim, Dp = round16(D), L = ls.seq_len;
+  const int64_t tasks = int64_t(p.batch) * p.heads * ls.num_q_blocks;
+#pragma omp parallel
+  {
+    std::vector<float> Q(size_t(bs) * Dp), Kt(size_t(Dp) * bs), V(size_t(bs) * Dp),
+        S(size_t(bs) * bs), O(size_t(bs) * Dp), m(bs), l(bs);
+    std::vector<uint64_t> maskbuf;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int qb = int(t % ls.num_q_blocks);
+      const int h = int((t / ls.num_q_blocks) % p.heads);
+      const int b = int(t / (int64_t(ls.num_q_blocks) * p.heads));
+      const int tv = text_valid_len(p, b);
+      const T* kbase = slice<const T>(p.k, p.k_s, b, h);
+      const T* vbase = slice<const T>(p.v, p.v_s, b, h);
+      load_tile(Q.data(), Dp, slice<const T>(p.q, p.q_s, b, h), p.q_s[2], ls, qb * bs, bs, D, Dp,
+                false);
+      for (float& x : Q) x *= p.scale;
+      std::fill(O.begin(), O.end(), 0.f);
+      std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
+      std::fill(l.begin(), l.end(), 0.f);
+      for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
+        const int kb = ls.q_kv[e];
+        const uint64_t* rm = tile_rowmask(maskbuf, ls, ls.q_mask[e], kb, tv);
+        load_tile(Kt.data(), bs, kbase, p.k_s[2], ls, kb * bs, bs, D, Dp, true);
+        load_tile(V.data(), Dp, vbase, p.v_s[2], ls, kb * bs, bs, D, Dp, false);
+        std::fill(S.begin(), S.end(), 0.f);
+        gemm_nn(bs, bs, Dp, Q.data(), Dp, Kt.data(), bs, S.data(), bs);
+        softmax_step(S.data(), bs, bs, rm, ls.mask_words, m.data(), l.data(), O.data(), Dp);
+        gemm_nn(bs, Dp, bs, S.data(), bs, V.data(), Dp, O.data(), Dp);
+      }
+      float* lse = p.lse + (int64_t(b) * p.heads + h) * L;
+      for (int r = 0; r < bs && qb * bs + r < L; ++r) {
+        const bool empty = l[r] == 0.f;
+        const float inv = empty ? 0.f : 1.f / l[r];
+        for (int d = 0; d < Dp; ++d) O[size_t(r) * Dp + d] *= inv;
+        lse[seq_row(ls, qb * bs + r)] =
+            empty ? -std::numeric_limits<float>::infinity() : m[r] + std::log(l[r]);
+      }
+      store_tile(slice<T>(p.o, p.o_s, b, h), p.o_s[2], O.data(), Dp, ls, qb * bs, bs, D, 1.f);
+    }
+  }
+}
+
+}  // namespace
+
+void attention_fwd(const AttnParams& p, DType dtype) {
+  switch (dtype) {
+    case DType::F32: return fwd_impl<float>(p);
+    case DType::F16: return fwd_impl<f16_t>(p);
+    case DType::BF16: return fwd_impl<bf16_t>(p);
+    default: fail("attention: unsupported dtype");
+  }
+}
+
+}  // namespace vilg::cpu

@@ -1,0 +1,73 @@
+// Moving tiles between the caller's strided tensors (any float dtype) and zero-padded float
+// scratch, following the layout's permutation; and building a tile's row masks.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../common/block_mask.h"
+#include "../common/dtype.h"
+
+namespace vilg::cpu {
+
+inline int round16(int x) { return (x + 15) / 16 * 16; }
+
+// Rows p0 .. p0+bs-1 (kernel order) of a [L, D] slice into dst [bs x ld], or transposed into
+// dst [D x ld]. Rows past L and columns past D are zero.
+template <typename T>
+void load_tile(float* dst, int ld, const T* base, int64_t row_stride, const BlockSparse& ls,
+               int p0, int bs, int D, int Dp, bool transpose) {
+  if (transpose) {
+    std::memset(dst, 0, sizeof(float) * size_t(Dp) * ld);
+  }
+  for (int r = 0; r < bs; ++r) {
+    const int p = p0 + r;
+    if (!transpose) {
+      float* out = dst + int64_t(r) * ld;
+      if (p >= ls.seq_len) {
+        std::memset(out, 0, sizeof(float) * Dp);
+        continue;
+      }
+      const T* in = base + int64_t(seq_row(ls, p)) * row_stride;
+      for (int d = 0; d < D; ++d) out[d] = to_float(in[d]);
+      for (int d = D; d < Dp; ++d) out[d] = 0.f;
+    } else if (p < ls.seq_len) {
+      const T* in = base + int64_t(seq_row(ls, p)) * row_stride;
+      for (int d = 0; d < D; ++d) dst[int64_t(d) * ld + r] = to_float(in[d]);
+    }
+  }
+}
+
+// Rows of src [bs x ld] (times `mul`) into the caller's tensor; rows past L are skipped.
+template <typename T>
+void store_tile(T* base, int64_t row_stride, const float* src, int ld, const BlockSparse& ls,
+                int p0, int bs, int D, float mul) {
+  for (int r = 0; r < bs && p0 + r < ls.seq_len; ++r) {
+    T* out = base + int64_t(seq_row(ls, p0 + r)) * row_stride;
+    const float* in = src + int64_t(r) * ld;
+    for (int d = 0; d < D; ++d) out[d] = from_float<T>(in[d] * mul);
+  }
+}
+
+// Row masks of tile entry (mask id `mid`, key tile kb) for a sample with `text_valid` real text
+// tokens, into dst [bs x words]. Returns nullptr when the whole tile is allowed.
+inline const uint64_t* tile_rowmask(std::vector<uint64_t>& dst, const BlockSparse& ls, int mid,
+                                    int kb, int text_valid) {
+  const bool pad = tile_has_padding(ls, kb, text_valid);
+  if (mid < 0 && !pad) return nullptr;
+  const int words = ls.mask_words, bs = ls.block;
+  dst.resize(size_t(bs) * words);
+  for (int w = 0; w < words; ++w) {
+    const uint64_t drop = pad ? text_pad_bits(ls, kb, w, text_valid) : 0;
+    for (int r = 0; r < bs; ++r) dst[size_t(r) * words + w] = tile_bits(ls, mid, r, w) & ~drop;
+  }
+  return dst.data();
+}
+
+// Pointer to the [L, D] slice of sample b, head h.
+template <typename T>
+inline T* slice(const void* base, const int64_t* s, int b, int h) {
+  return (T*)base + int64_t(b) * s[0] + int64_t(h) * s[1];
+}
+
+}  // namespace vilg::cpu

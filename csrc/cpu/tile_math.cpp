@@ -1,0 +1,161 @@
+// Written with GCC/Clang vector types: one source gives AVX2+FMA code in the x86-64-v3 clone
+// and SSE2 pairs in the default one, with the accumulators pinned in registers.
+#include "tile_math.h"
+
+#include <cstring>
+#include <limits>
+
+#include "../common/macros.h"
+
+namespace vilg::cpu {
+namespace {
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+inline v8f ld(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void st(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+inline v8f splat(float x) { return v8f{} + x; }
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+const v8i kLanes = {0, 1, 2, 3, 4, 5, 6, 7};
+
+// exp(x) for x <= ~0 (and -inf -> ~0, callers zero masked entries): 2^(x log2 e) = 2^i * 2^f
+// with |f| <= 1/2 and the degree-6 Taylor series of 2^f, about 2 ulp.
+inline v8f exp8(v8f x) {
+  x = x < -87.f ? splat(-87.f) : x;
+  const v8f t = x * 1.4426950408889634f;
+  const v8f fi = (t + 12582912.f) - 12582912.f;  // round to nearest integer
+  const v8f f = t - fi;
+  v8f p = splat(1.5403530393381606e-4f);
+  p = p * f + 1.3333558146428443e-3f;
+  p = p * f + 9.6181291076284772e-3f;
+  p = p * f + 5.5504108664821580e-2f;
+  p = p * f + 2.4022650695910071e-1f;
+  p = p * f + 6.9314718055994531e-1f;
+  p = p * f + 1.f;
+  const v8i bits = (__builtin_convertvector(fi, v8i) + 127) << 23;
+  return p * (v8f)bits;
+}
+
+// Lanes c..c+7 of a row's mask as all-ones / zero lanes.
+inline v8i mask8(const uint64_t* row, int c) {
+  const int32_t byte = int32_t((row[c >> 6] >> (c & 63)) & 0xffu);
+  return ((v8i{} + byte) >> kLanes & 1) != 0;
+}
+
+inline float hmax(v8f v) {
+  float m = v[0];
+  for (int i = 1; i < 8; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+inline float hsum(v8f v) {
+  float s = 0.f;
+  for (int i = 0; i < 8; ++i) s += v[i];
+  return s;
+}
+
+// C[4 x 16] += A[4 x k] B[k x 16] (A transposed when TransA): 8 accumulators in registers.
+template <bool TransA>
+inline void micro(int k, const float* A, int lda, const float* B, int ldb, float* C, int ldc) {
+  v8f c00{}, c01{}, c10{}, c11{}, c20{}, c21{}, c30{}, c31{};
+  for (int p = 0; p < k; ++p) {
+    const float* b = B + int64_t(p) * ldb;
+    const v8f b0 = ld(b), b1 = ld(b + 8);
+    const float* a = TransA ? A + int64_t(p) * lda : A + p;
+    const int64_t s = TransA ? 1 : lda;
+    const float a0 = a[0], a1 = a[s], a2 = a[2 * s], a3 = a[3 * s];
+    c00 += b0 * a0; c01 += b1 * a0;
+    c10 += b0 * a1; c11 += b1 * a1;
+    c20 += b0 * a2; c21 += b1 * a2;
+    c30 += b0 * a3; c31 += b1 * a3;
+  }
+  float* c = C;
+  st(c, ld(c) + c00); st(c + 8, ld(c + 8) + c01); c += ldc;
+  st(c, ld(c) + c10); st(c + 8, ld(c + 8) + c11); c += ldc;
+  st(c, ld(c) + c20); st(c + 8, ld(c + 8) + c21); c += ldc;
+  st(c, ld(c) + c30); st(c + 8, ld(c + 8) + c31);
+}
+
+}  // namespace
+
+VILG_CPU_CLONES void gemm_nn(int m, int n, int k, const float* A, int lda, const float* B,
+                             int ldb, float* C, int ldc) {
+  for (int i = 0; i < m; i += 4)
+    for (int j = 0; j < n; j += 16)
+      micro<false>(k, A + int64_t(i) * lda, lda, B + j, ldb, C + int64_t(i) * ldc + j, ldc);
+}
+
+VILG_CPU_CLONES void gemm_tn(int m, int n, int k, const float* A, int lda, const float* B,
+                             int ldb, float* C, int ldc) {
+  for (int i = 0; i < m; i += 4)
+    for (int j = 0; j < n; j += 16)
+      micro<true>(k, A + i, lda, B + j, ldb, C + int64_t(i) * ldc + j, ldc);
+}
+
+VILG_CPU_CLONES void softmax_step(float* S, int rows, int cols, const uint64_t* rowmask,
+                                  int words, float* m, float* l, float* O, int dp) {
+  const v8f neg_inf = splat(kNegInf), zero{};
+  for (int r = 0; r < rows; ++r) {
+    float* s = S + int64_t(r) * cols;
+    const uint64_t* row = rowmask ? rowmask + int64_t(r) * words : nullptr;
+    v8f mx = splat(m[r]);
+    for (int c = 0; c < cols; c += 8) {
+      v8f x = ld(s + c);
+      if (row) x = mask8(row, c) ? x : neg_inf, st(s + c, x);
+      mx = x > mx ? x : mx;
+    }
+    const float mnew = hmax(mx);
+    if (mnew == kNegInf) {  // nothing allowed yet in this row
+      std::memset(s, 0, sizeof(float) * cols);
+      continue;
+    }
+    const float alpha = m[r] == kNegInf ? 0.f : exp8(splat(m[r] - mnew))[0];
+    v8f sum{};
+    for (int c = 0; c < cols; c += 8) {
+      const v8f x = ld(s + c);
+      const v8f p = x == neg_inf ? zero : exp8(x - mnew);
+      st(s + c, p);
+      sum += p;
+    }
+    m[r] = mnew;
+    l[r] = l[r] * alpha + hsum(sum);
+    if (alpha != 1.f) {
+      float* o = O + int64_t(r) * dp;
+      for (int d = 0; d < dp; d += 8) st(o + d, ld(o + d) * alpha);
+    }
+  }
+}
+
+VILG_CPU_CLONES void probs_from_lse(float* S, int rows, int cols, const uint64_t* rowmask,
+                                    int words, const float* lse) {
+  const v8f zero{};
+  for (int r = 0; r < rows; ++r) {
+    float* s = S + int64_t(r) * cols;
+    const float z = lse[r];
+    if (z == kNegInf) {
+      std::memset(s, 0, sizeof(float) * cols);
+      continue;
+    }
+    const uint64_t* row = rowmask ? rowmask + int64_t(r) * words : nullptr;
+    for (int c = 0; c < cols; c += 8) {
+      v8f p = exp8(ld(s + c) - z);
+      if (row) p = mask8(row, c) ? p : zero;
+      st(s + c, p);
+    }
+  }
+}
+
+VILG_CPU_CLONES void dscores(float* dP, const float* P, int rows, int cols, const float* delta) {
+  for (int r = 0; r < rows; ++r) {
+    float* d = dP + int64_t(r) * cols;
+    const float* p = P + int64_t(r) * cols;
+    for (int c = 0; c < cols; c += 8) st(d + c, ld(p + c) * (ld(d + c) - delta[r]));
+  }
+}
+
+}  // namespace vilg::cpu

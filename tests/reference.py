@@ -1,0 +1,57 @@
+"""Independent references the kernels are tested against (float64, dense, straightforward)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def spec_mask(kind, text_len, grid, direction, window=11) -> torch.Tensor:
+    """The mask of attention-patterns.md, built element by element in plain Python."""
+    T, (H, W) = text_len, grid
+    L, half = T + H * W, window // 2
+
+    def pattern(qi, ki):
+        (qr, qc), (kr, kc) = divmod(qi, W), divmod(ki, W)
+        return {
+            "full": True,
+            "row": qr == kr,
+            "column": qc == kc,
+            "conv": abs(qr - kr) <= half and abs(qc - kc) <= half,
+        }[kind]
+
+    m = torch.zeros(L, L, dtype=torch.bool)
+    for q in range(L):
+        for k in range(L):
+            if direction == "text2image":
+                if q < T:
+                    ok = k < T
+                else:
+                    ok = k < T or (pattern(q - T, k - T) and k <= q)
+            else:
+                if q >= H * W:
+                    ok = k < H * W or k <= q
+                else:
+                    ok = k < H * W and pattern(q, k)
+            m[q, k] = ok
+    return m
+
+
+def attention(q, k, v, mask, scale=None, text_lens=None, text_segment=(0, 0)):
+    """Dense masked softmax attention in float64; rows with no allowed key give 0."""
+    q, k, v = (t.detach().double() if not t.requires_grad else t.double() for t in (q, k, v))
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    m = mask.to(q.device).expand(q.shape[0], 1, *mask.shape).clone()
+    if text_lens is not None:
+        start, n = text_segment
+        for b, t in enumerate(torch.as_tensor(text_lens).tolist()):
+            m[b, :, :, start + t : start + n] = False
+    s = (q @ k.transpose(-1, -2) * scale).masked_fill(~m, float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+    return p @ v
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()

@@ -1,0 +1,328 @@
+"""Attention layouts: which key each query may attend, in dense and block-sparse form.
+
+`ernie_vilg` builds the exact patterns of ERNIE-ViLG (row / column / conv over an image grid
+plus a text prefix, see shared/specs/attention-patterns.md). Any other pattern comes from a
+dense boolean mask or a FlexAttention-style ``mask_mod(q_idx, kv_idx)``.
+
+The kernels see a layout in *kernel order*: an optional permutation of the sequence (column
+attention runs on the transposed grid, where it is row attention) cut into square tiles. Each
+query tile lists its key tiles, each either full or partial with a bitset mask; identical
+partial masks are stored once.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+KINDS = ("full", "row", "column", "conv")
+DIRECTIONS = ("text2image", "image2text")
+
+MaskMod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def schedule(num_layers: int) -> list[str]:
+    """Per-layer pattern of an N-layer ERNIE-ViLG stack: conv last, column when i % 4 == 2."""
+    if not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+    kinds = ["column" if i % 4 == 2 else "row" for i in range(num_layers)]
+    kinds[-1] = "conv"
+    return kinds
+
+
+@dataclass(frozen=True)
+class PatternSpec:
+    """The parameters of an ERNIE-ViLG layout (None for layouts built from a mask)."""
+
+    kind: str
+    text_len: int
+    grid: tuple[int, int]
+    direction: str
+    window: int
+
+
+def _pattern_mask_mod(spec: PatternSpec) -> MaskMod:
+    T, (H, W), win = spec.text_len, spec.grid, spec.window // 2
+    text2image = spec.direction == "text2image"
+    img0 = T if text2image else 0  # first image position
+
+    def image_pattern(qi, ki):
+        qr, qc, kr, kc = qi // W, qi % W, ki // W, ki % W
+        if spec.kind == "full":
+            return torch.ones_like(qi, dtype=torch.bool) & torch.ones_like(ki, dtype=torch.bool)
+        if spec.kind == "row":
+            return qr == kr
+        if spec.kind == "column":
+            return qc == kc
+        return ((qr - kr).abs() <= win) & ((qc - kc).abs() <= win)
+
+    def mask_mod(q, k):
+        q_img = (q >= img0) & (q < img0 + H * W)
+        k_img = (k >= img0) & (k < img0 + H * W)
+        q_txt, k_txt = ~q_img, ~k_img
+        qi, ki = (q - img0).clamp(min=0), (k - img0).clamp(min=0)
+        img_ok = k_img & image_pattern(qi, ki)
+        if text2image:
+            return (q_txt & k_txt) | (q_img & (k_txt | (img_ok & (ki <= qi))))
+        return (q_txt & (k_img | (k_txt & (k <= q)))) | (q_img & img_ok)
+
+    return mask_mod
+
+
+def _as_mask_mod(fn: Callable) -> MaskMod:
+    """Accept mask_mod(q, kv) and FlexAttention's mask_mod(b, h, q, kv)."""
+    try:
+        n = len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        n = 2
+    if n == 4:
+        return lambda q, k: fn(torch.zeros_like(q), torch.zeros_like(q), q, k)
+    if n != 2:
+        raise ValueError("mask_mod must take (q_idx, kv_idx) or (b, h, q_idx, kv_idx)")
+    return fn
+
+
+class Layout:
+    """A sparsity pattern over a sequence of `seq_len` tokens, ready for the kernels.
+
+    Build with `ernie_vilg(...)`, `Layout.from_dense(mask)` or `Layout.from_mask_mod(fn, L)`.
+    """
+
+    def __init__(
+        self,
+        seq_len: int,
+        mask_mod: Callable,
+        *,
+        block_size: int = 64,
+        perm: torch.Tensor | None = None,
+        text_segment: tuple[int, int] | None = None,
+        spec: PatternSpec | None = None,
+    ):
+        if not isinstance(seq_len, int) or seq_len < 1:
+            raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+        if block_size not in (16, 32, 64, 128):
+            raise ValueError(f"block_size must be 16, 32, 64 or 128, got {block_size!r}")
+        self.seq_len = seq_len
+        self.block_size = block_size
+        self.spec = spec
+        self.mask_mod = _as_mask_mod(mask_mod)
+        if perm is not None:
+            perm = torch.as_tensor(perm, dtype=torch.int64).flatten()
+            if perm.numel() != seq_len or not torch.equal(
+                perm.sort().values, torch.arange(seq_len)
+            ):
+                raise ValueError("perm must be a permutation of range(seq_len)")
+        self._perm = perm
+        # Text segment (sequence positions) whose padded keys text_lens masks per sample.
+        if text_segment is not None:
+            start, length = text_segment
+            if start < 0 or length < 0 or start + length > seq_len:
+                raise ValueError(f"text_segment {text_segment} outside the sequence")
+        self.text_segment = text_segment or (0, 0)
+        self._build()
+        self._device_cache: dict[torch.device, tuple] = {}
+        self._keys_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_mask_mod(cls, mask_mod: Callable, seq_len: int, **kw) -> Layout:
+        return cls(seq_len, mask_mod, **kw)
+
+    @classmethod
+    def from_dense(cls, mask: torch.Tensor, **kw) -> Layout:
+        mask = torch.as_tensor(mask)
+        if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
+            raise ValueError("mask must be a square bool tensor [L, L] (True = may attend)")
+        m = mask.detach().cpu()
+        return cls(int(m.shape[0]), lambda q, k: m[q, k], **kw)
+
+    def _build(self) -> None:
+        L, bs = self.seq_len, self.block_size
+        nb = (L + bs - 1) // bs
+        words = (bs + 63) // 64
+        order = self._perm if self._perm is not None else torch.arange(L)
+        padded = torch.cat([order, torch.full((nb * bs - L,), -1, dtype=torch.int64)])
+        valid = padded >= 0
+        keys = padded.clamp(min=0)
+        rows_kv, rows_mask, tiles = [], [], []
+        ptr = [0]
+        weights = torch.ones(64, dtype=torch.int64) << torch.arange(64)
+        for qb in range(nb):
+            q = padded[qb * bs : (qb + 1) * bs]
+            m = self.mask_mod(q.clamp(min=0)[:, None], keys[None, :])
+            m = torch.as_tensor(m, dtype=torch.bool).expand(bs, nb * bs)
+            m = m & valid[qb * bs : (qb + 1) * bs, None] & valid[None, :]
+            m = m.reshape(bs, nb, bs).transpose(0, 1)  # [key tile, row, col]
+            count = m.sum(dim=(1, 2))
+            nz = torch.nonzero(count).flatten()
+            rows_kv.append(nz)
+            # a full tile must be all allowed *and* wholly inside the sequence
+            full = count[nz] == bs * bs
+            rows_mask.append(full)
+            tiles.append(m[nz][~full])
+            ptr.append(ptr[-1] + nz.numel())
+        kv = torch.cat(rows_kv).to(torch.int32)
+        is_full = torch.cat(rows_mask)
+        partial = torch.cat(tiles) if tiles else torch.zeros(0, bs, bs, dtype=torch.bool)
+        # pack [n, bs, bs] bool -> [n, bs, words] int64 bitsets, then deduplicate
+        pad_cols = words * 64 - bs
+        if pad_cols:
+            partial = torch.nn.functional.pad(partial, (0, pad_cols))
+        bits = (partial.reshape(-1, bs, words, 64).long() * weights).sum(-1)
+        if bits.shape[0]:
+            uniq, inverse = torch.unique(bits, dim=0, return_inverse=True)
+        else:
+            uniq, inverse = bits, torch.zeros(0, dtype=torch.int64)
+        mask_id = torch.full((kv.numel(),), -1, dtype=torch.int32)
+        mask_id[~is_full] = inverse.to(torch.int32)
+        q_ptr = torch.tensor(ptr, dtype=torch.int32)
+        q_of = torch.repeat_interleave(torch.arange(nb, dtype=torch.int32), q_ptr.diff())
+        # CSC: the same entries sorted by key tile (stable, so query tiles stay ascending)
+        order_k = torch.sort(kv.long() * nb + q_of.long()).indices
+        k_counts = torch.bincount(kv.long(), minlength=nb)
+        k_ptr = torch.cat([torch.zeros(1, dtype=torch.int64), k_counts.cumsum(0)]).to(torch.int32)
+        self.num_blocks = nb
+        self._arrays = dict(
+            q_ptr=q_ptr,
+            q_kv=kv,
+            q_mask=mask_id,
+            k_ptr=k_ptr,
+            k_q=q_of[order_k].contiguous(),
+            k_mask=mask_id[order_k].contiguous(),
+            masks=uniq.contiguous()
+            if uniq.numel()
+            else torch.zeros(1, bs, words, dtype=torch.int64),
+            perm=None if self._perm is None else self._perm.to(torch.int32),
+        )
+        self.num_full = int(is_full.sum())
+        self.num_partial = int((~is_full).sum())
+        # text segment in kernel order (the permutation must keep it contiguous)
+        start, length = self.text_segment
+        if length:
+            if self._perm is not None:
+                where = torch.argsort(self._perm)[start : start + length]
+                if not torch.equal(where, torch.arange(int(where[0]), int(where[0]) + length)):
+                    raise ValueError("perm must keep the text segment contiguous and in order")
+                start = int(where[0])
+        self._kernel_text = (start, length)
+
+    # ---- queries ------------------------------------------------------------------------
+    @property
+    def num_tiles(self) -> int:
+        """Allowed (query tile, key tile) pairs the kernels visit."""
+        return self.num_full + self.num_partial
+
+    @property
+    def density(self) -> float:
+        """Fraction of all tile pairs visited."""
+        return self.num_tiles / self.num_blocks**2
+
+    def dense_mask(self, device=None) -> torch.Tensor:
+        """[L, L] bool, True where query (row) may attend key (column); sequence order."""
+        idx = torch.arange(self.seq_len)
+        m = torch.as_tensor(self.mask_mod(idx[:, None], idx[None, :]), dtype=torch.bool)
+        return m.expand(self.seq_len, self.seq_len).to(device)
+
+    def keys_for_query(self, pos: int, device=None) -> torch.Tensor:
+        """Sequence positions (int32, ascending) that query `pos` may attend."""
+        if not 0 <= pos < self.seq_len:
+            raise ValueError(f"position {pos} outside the sequence of length {self.seq_len}")
+        dev = torch.device(device or "cpu")
+        hit = self._keys_cache.get((pos, dev))
+        if hit is None:
+            idx = torch.arange(self.seq_len)
+            allowed = torch.as_tensor(self.mask_mod(torch.tensor(pos), idx), dtype=torch.bool)
+            hit = torch.nonzero(allowed.expand(self.seq_len)).flatten().to(torch.int32).to(dev)
+            self._keys_cache[(pos, dev)] = hit
+        return hit
+
+    def kernel_arrays(self, device) -> tuple:
+        """The 8 arrays the kernels read, cached per device."""
+        device = torch.device(device)
+        hit = self._device_cache.get(device)
+        if hit is None:
+            a = self._arrays
+            names = ("q_ptr", "q_kv", "q_mask", "k_ptr", "k_q", "k_mask", "masks", "perm")
+            hit = tuple(None if a[n] is None else a[n].to(device) for n in names)
+            self._device_cache[device] = hit
+        return hit
+
+    @property
+    def kernel_text_segment(self) -> tuple[int, int]:
+        return self._kernel_text
+
+    def draw(self, path, scale: int | None = None) -> None:
+        """Save the dense mask as a PNG (allowed = white), with the tile grid in grey."""
+        from PIL import Image
+
+        m = self.dense_mask().to(torch.uint8) * 255
+        img = m.clone()
+        grid = torch.arange(0, self.seq_len, self.block_size)
+        if self._perm is None:
+            img[grid, :] = torch.where(m[grid, :] > 0, 200, 60).to(torch.uint8)
+            img[:, grid] = torch.where(m[:, grid] > 0, 200, 60).to(torch.uint8)
+        scale = scale or max(1, 512 // self.seq_len)
+        pic = Image.fromarray(img.numpy(), mode="L")
+        if scale > 1:
+            pic = pic.resize((self.seq_len * scale,) * 2, Image.NEAREST)
+        pic.save(path)
+
+    def __repr__(self) -> str:
+        what = (
+            f"{self.spec.kind}, {self.spec.direction}, text={self.spec.text_len}, "
+            f"grid={self.spec.grid}"
+            if self.spec
+            else "custom"
+        )
+        return (
+            f"Layout({what}, L={self.seq_len}, block={self.block_size}, "
+            f"tiles={self.num_tiles}/{self.num_blocks**2} ({self.num_partial} partial))"
+        )
+
+
+def ernie_vilg(
+    kind: str,
+    text_len: int,
+    grid: tuple[int, int],
+    direction: str = "text2image",
+    window: int = 11,
+    block_size: int = 64,
+) -> Layout:
+    """The ERNIE-ViLG layout of one layer: `kind` in full|row|column|conv, sequence
+    [text | image] (text2image) or [image | text] (image2text) with an H x W image grid."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if not isinstance(text_len, int) or text_len < 0:
+        raise ValueError(f"text_len must be a non-negative int, got {text_len!r}")
+    try:
+        H, W = (int(g) for g in grid)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid must be (H, W), got {grid!r}") from None
+    if H < 1 or W < 1:
+        raise ValueError(f"grid must be positive, got {grid!r}")
+    if kind == "conv" and (not isinstance(window, int) or window < 1 or window % 2 == 0):
+        raise ValueError(f"window must be a positive odd int, got {window!r}")
+    spec = PatternSpec(kind, text_len, (H, W), direction, window)
+    L = text_len + H * W
+    img0 = text_len if direction == "text2image" else 0
+    txt0 = 0 if direction == "text2image" else H * W
+    perm = None
+    if kind == "column":
+        # column-major image order makes each column contiguous: column attention becomes row
+        # attention on the transposed grid (and the causal cut stays a prefix of the column)
+        col_major = torch.arange(H * W).reshape(H, W).t().flatten()
+        perm = torch.arange(L)
+        perm[img0 : img0 + H * W] = img0 + col_major
+    return Layout(
+        L,
+        _pattern_mask_mod(spec),
+        block_size=block_size,
+        perm=perm,
+        text_segment=(txt0, text_len),
+        spec=spec,
+    )

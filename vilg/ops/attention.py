@@ -1,0 +1,149 @@
+"""Block-sparse attention as a torch custom op (autograd, torch.compile, fake tensors)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vilg._ext import C
+from vilg.layouts import Layout
+from vilg.ops import _validate
+from vilg.ops._arrays import accepts_arrays
+from vilg.ops._buffers import ref, stream_of
+
+
+@torch.library.custom_op("vilg::sparse_attention_fwd", mutates_args=())
+def _fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: list[torch.Tensor],
+    perm: torch.Tensor | None,
+    text_lens: torch.Tensor | None,
+    block: int,
+    text_start: int,
+    text_len: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    B, H, L, _ = q.shape
+    o = torch.empty_like(q)
+    lse = torch.empty(B, H, L, dtype=torch.float32, device=q.device)
+    C().attention_fwd(
+        ref(q),
+        ref(k),
+        ref(v),
+        ref(o),
+        ref(lse),
+        (*map(ref, layout), ref(perm)),
+        L,
+        block,
+        text_start,
+        text_len,
+        ref(text_lens),
+        scale,
+        stream_of(q),
+    )
+    return o, lse
+
+
+@_fwd.register_fake
+def _(q, k, v, layout, perm, text_lens, block, text_start, text_len, scale):
+    B, H, L, _ = q.shape
+    return torch.empty_like(q), q.new_empty(B, H, L, dtype=torch.float32)
+
+
+@torch.library.custom_op("vilg::sparse_attention_bwd", mutates_args=())
+def _bwd(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    layout: list[torch.Tensor],
+    perm: torch.Tensor | None,
+    text_lens: torch.Tensor | None,
+    block: int,
+    text_start: int,
+    text_len: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if grad_out.stride(-1) != 1:
+        grad_out = grad_out.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    delta = torch.empty_like(lse)
+    C().attention_bwd(
+        ref(grad_out),
+        ref(q),
+        ref(k),
+        ref(v),
+        ref(o),
+        ref(lse),
+        ref(dq),
+        ref(dk),
+        ref(dv),
+        ref(delta),
+        (*map(ref, layout), ref(perm)),
+        q.shape[2],
+        block,
+        text_start,
+        text_len,
+        ref(text_lens),
+        scale,
+        stream_of(q),
+    )
+    return dq, dk, dv
+
+
+@_bwd.register_fake
+def _(grad_out, q, k, v, o, lse, layout, perm, text_lens, block, text_start, text_len, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, layout, perm, text_lens, block, text_start, text_len, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, perm, text_lens, *layout)
+    ctx.args = (block, text_start, text_len, scale)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, _grad_lse):
+    q, k, v, o, lse, perm, text_lens, *layout = ctx.saved_tensors
+    dq, dk, dv = _bwd(grad_out, q, k, v, o, lse, layout, perm, text_lens, *ctx.args)
+    return dq, dk, dv, [None] * len(layout), None, None, None, None, None, None
+
+
+_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+@accepts_arrays
+def sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: Layout,
+    *,
+    scale: float | None = None,
+    text_lens: torch.Tensor | None = None,
+    return_lse: bool = False,
+):
+    """Softmax attention restricted to `layout`: equal to dense attention with
+    `layout.dense_mask()` (plus padded text keys masked per sample by `text_lens`), computed
+    over the allowed tiles only.
+
+    q, k, v: [batch, heads, seq, head_dim], float32 / float16 / bfloat16, last dim contiguous.
+    Returns out [batch, heads, seq, head_dim] and, with return_lse, the float32 log-sum-exp
+    [batch, heads, seq] (-inf for a query with no allowed key, whose output is 0).
+    """
+    _validate.attention(q, k, v, layout)
+    B, _, _, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    text_start, text_len = layout.kernel_text_segment
+    lens = _validate.text_lens(text_lens, B, text_len, q.device)
+    *arrays, perm = layout.kernel_arrays(q.device)
+    o, lse = _fwd(q, k, v, list(arrays), perm, lens, layout.block_size, text_start, text_len, scale)
+    return (o, lse) if return_lse else o
