@@ -70,7 +70,7 @@ def write_gallery(pipe: Pipeline, folder: Path, metrics: dict, seed: int = 0,
                 Image.fromarray(arr[k]).resize((size * 2, size * 2), Image.NEAREST) \
                     .save(folder / name)
                 cls = "ok" if score(arr[k], sc)["correct"] else "bad"
-                tip = "matcher score %.3f" % float(res["scores"][0, k])
+                tip = "matcher score {:.3f}".format(float(res["scores"][0, k]))
                 cells.append(f'<span class="{cls}">{_img(name, tip)}</span>')
             row = "".join(cells)
             parts.append(f"<tr><td class='t'>{html.escape(prompt)}</td><td>{row}</td></tr>")

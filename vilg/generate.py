@@ -157,7 +157,7 @@ class Pipeline:
                 arr = preprocess(im, self.vq.cfg.image_size)
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"cannot read image {path}: {e}") from e
-        return torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+        return torch.from_numpy(np.array(arr)).permute(2, 0, 1).float() / 255
 
     @torch.no_grad()
     def image_codes(self, images: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from vilg.data.pool import shapes_pool
 from vilg.data.shapes import all_corpus_text
 from vilg.data.text_tokenizer import TextTokenizer
 from vilg.model.transformer import GPTConfig, UnifiedTransformer
-from vilg.model.vqgan import VQConfig, VQGAN
+from vilg.model.vqgan import VQGAN, VQConfig
 from vilg.train import checkpoint as ckpt
 from vilg.train.run import encode_pool
 from vilg.train.stages import GeneratorTrainer, VQTrainer

@@ -45,3 +45,24 @@ def test_tar_shards_stream_and_skip(tmp_path):
     assert pool.texts["raw"] == ["bright"]
     assert pool.stats["ok"] == 1 and pool.stats["skipped"] == 2
     assert pool.stats["bad_shards"] == 1
+
+
+def test_training_run_on_a_user_folder(tmp_path):
+    from vilg.generate import Pipeline
+    from vilg.train.presets import get_preset
+    from vilg.train.run import train_run
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(24):
+        c = rng.integers(0, 255, 3)
+        Image.fromarray(np.full((50, 70, 3), c, np.uint8)).save(data / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": f"a flat colour number {i}"}))
+    (data / "metadata.jsonl").write_text("\n".join(lines))
+    preset = get_preset("tiny", ["data.train_size=20", "data.val_size=4"])
+    train_run(preset, tmp_path / "run", data=str(data), progress=False, log=lambda *a: None)
+    pipe = Pipeline.load(tmp_path / "run")
+    out = pipe.generate(["a flat colour number 3"], n=2)
+    assert out["images"].shape[:2] == (1, 2)
+    assert isinstance(pipe.caption(out["images"][0], lang="raw")[0], str)

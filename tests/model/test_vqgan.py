@@ -1,6 +1,6 @@
 import torch
 
-from vilg.model.vqgan import VQConfig, VQGAN, code_stats
+from vilg.model.vqgan import VQGAN, VQConfig, code_stats
 
 
 def _model(**kw):

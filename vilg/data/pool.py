@@ -32,10 +32,17 @@ class Pool:
     def image_tensor(self, idx) -> torch.Tensor:
         return torch.from_numpy(self.images[np.asarray(idx)]).permute(0, 3, 1, 2).float() / 255
 
-    def question(self, i: int, lang: str, rng: np.random.Generator) -> tuple[str, str] | None:
+    def question(self, i: int, lang: str, rng: np.random.Generator,
+                 weights: dict | None = None) -> tuple[str, str] | None:
+        """A random question about scene i; `weights` (kind -> probability) skews the kinds."""
         if self.scenes is None:
             return None
-        kind = shapes.QUESTION_KINDS[int(rng.integers(len(shapes.QUESTION_KINDS)))]
+        kinds = shapes.QUESTION_KINDS
+        if weights:
+            p = np.array([weights.get(k, 0.0) for k in kinds], dtype=np.float64)
+            kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
+        else:
+            kind = kinds[int(rng.integers(len(kinds)))]
         return shapes.question(self.scenes[i], kind, lang, rng)
 
 

@@ -79,7 +79,7 @@ def eval_vqa(pipe: Pipeline, images: torch.Tensor, scenes, lang: str, seed: int 
     for q, rows in groups.items():
         idx = [r[0] for r in rows]
         answers = pipe.answer(images[idx], q)
-        for (i, kind, _, a), pred in zip(rows, answers):
+        for (_, kind, _, a), pred in zip(rows, answers):
             ok = pred == a
             right += ok
             k = by_kind.setdefault(kind, [0, 0])

@@ -29,21 +29,21 @@ PRESETS: dict[str, dict] = {
                          "code_dim": 32},
                "train": {"steps": 1800, "batch_size": 32, "lr": 3e-3, "warmup": 20}},
         "matcher": {"model": {"dim": 64, "embed_dim": 64, "text_layers": 2},
-                    "train": {"steps": 400, "batch_size": 64, "lr": 2e-3, "warmup": 20}},
+                    "train": {"steps": 300, "batch_size": 64, "lr": 2e-3, "warmup": 20}},
         "generator": {"model": {"n_layer": 4, "n_head": 4, "n_embd": 64},
                       "train": {"steps": 3200, "batch_size": 32, "lr": 2e-3, "warmup": 50,
                                 "weight_decay": 0.01}},
     },
-    # the longer recipe: wider / longer generator, more data
+    # the longer recipe: same architecture, more scenes and ~3x the generator steps
     "long": {
         "data": {"train_size": 50000, "val_size": 256, "image_size": 48},
         "vq": {"model": {"patch": 16, "channels": [256], "blocks": 2, "codebook_size": 128,
                          "code_dim": 32},
-               "train": {"steps": 1500, "batch_size": 32, "lr": 3e-3, "warmup": 20}},
-        "matcher": {"model": {"dim": 96, "embed_dim": 96, "text_layers": 2},
+               "train": {"steps": 2000, "batch_size": 32, "lr": 3e-3, "warmup": 20}},
+        "matcher": {"model": {"dim": 64, "embed_dim": 64, "text_layers": 2},
                     "train": {"steps": 1000, "batch_size": 64, "lr": 2e-3, "warmup": 20}},
-        "generator": {"model": {"n_layer": 6, "n_head": 4, "n_embd": 128},
-                      "train": {"steps": 8000, "batch_size": 64, "lr": 1e-3, "warmup": 200,
+        "generator": {"model": {"n_layer": 4, "n_head": 4, "n_embd": 64},
+                      "train": {"steps": 9000, "batch_size": 32, "lr": 2e-3, "warmup": 100,
                                 "weight_decay": 0.01}},
     },
     # user images (folder / tar shards): conv tokenizer, 8x8 token grid at 64 px

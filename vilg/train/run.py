@@ -43,7 +43,10 @@ def build_pools(preset: dict, data: str | None, seed: int) -> tuple[Pool, Pool]:
     pool = user_pool(data, d["image_size"], limit=d["train_size"] + d["val_size"])
     nv = min(d["val_size"], max(1, len(pool) // 10))
     split = len(pool) - nv
-    mk = (lambda sl: Pool(pool.images[sl], {"raw": pool.texts["raw"][sl]}, None, pool.stats))
+
+    def mk(sl):
+        return Pool(pool.images[sl], {"raw": pool.texts["raw"][sl]}, None, pool.stats)
+
     return mk(slice(0, split)), mk(slice(split, None))
 
 
@@ -134,7 +137,7 @@ def train_run(preset: dict, out: str | Path, *, data: str | None = None, device=
         gen = UnifiedTransformer(gcfg)
         if stage == "generator":
             GeneratorTrainer(gen, tcfg("generator"), out / stage, train, codes, val, val_codes,
-                             tok, device=dev).fit()
+                             tok, device=dev, vq=vq).fit()
         else:
             if _done(out / "generator"):  # start from the two-stage generator's weights
                 own = gen.state_dict()

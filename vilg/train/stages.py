@@ -16,6 +16,7 @@ from vilg.data import shapes
 from vilg.data.pool import Pool
 from vilg.data.sequences import i2t_batch, pad, t2i_batch
 from vilg.data.text_tokenizer import TextTokenizer
+from vilg.generate import save_grid
 from vilg.model.matcher import Matcher
 from vilg.model.transformer import I2T, T2I, UnifiedTransformer
 from vilg.model.vqgan import VQGAN, code_stats, psnr
@@ -73,7 +74,12 @@ class VQTrainer(Trainer):
         self.disc_opt.step()
 
     def evaluate(self):
-        return evaluate_vq(self.model, self.val, self.device)
+        res = evaluate_vq(self.model, self.val, self.device)
+        x = self.val.image_tensor(np.arange(min(8, len(self.val)))).to(self.device)
+        rec = self.model.decode_indices(self.model.encode(x)).clamp(0, 1)
+        save_grid(torch.cat([x, rec]).cpu(), self.out_dir / "samples" /
+                  f"step_{self.step:07d}.png", nrow=len(x))  # top: input, bottom: recon
+        return res
 
 
 @torch.no_grad()
@@ -162,9 +168,14 @@ class GeneratorTrainer(Trainer):
 
     def __init__(self, model: UnifiedTransformer, cfg: TrainConfig, out_dir, pool: Pool,
                  codes: torch.Tensor, val: Pool, val_codes: torch.Tensor, tok: TextTokenizer,
-                 p_uncond: float = 0.1, vqa_frac: float = 0.5, device="cpu"):
+                 p_uncond: float = 0.1, vqa_frac: float = 0.5, device="cpu",
+                 vq: VQGAN | None = None, kind_weights: dict | None = None):
         self.pool, self.codes, self.val, self.val_codes, self.tok = pool, codes, val, val_codes, tok
+        self.vq = vq  # only for sample grids
         self.p_uncond, self.vqa_frac = p_uncond, vqa_frac
+        # training draws the question kinds that need a search over the image more often
+        self.kind_weights = kind_weights or {"color": 0.2, "shape": 0.15, "where": 0.3,
+                                             "count": 0.05, "exists": 0.3}
         self.cap_ids = {lang: [tok.encode(t) for t in caps] for lang, caps in pool.texts.items()}
         super().__init__(model, cfg, out_dir, device)
 
@@ -172,6 +183,9 @@ class GeneratorTrainer(Trainer):
         return {"kind": "generator", **self.model.cfg.to_dict()}
 
     def make_batches(self, pool, codes, cap_ids, idx, rng, train=True):
+        """t2i batch over all of idx; image->text split into a caption batch and a VQA batch
+        (each padded to its own length, each with its own loss mean, so the 1-3 answer
+        tokens of VQA are not drowned by the ~25 tokens of a caption)."""
         tok, B, T = self.tok, len(idx), self.model.cfg.text_len
         langs = pool.langs
         lang = [langs[int(rng.integers(len(langs)))] for _ in idx]
@@ -179,39 +193,46 @@ class GeneratorTrainer(Trainer):
         img = codes[torch.as_tensor(idx)]
         drop = torch.from_numpy(rng.random(B) < self.p_uncond) if train else None
         t2i = t2i_batch(tok, caps, img, self.model.boi, drop)
-        prompts, answers = [], []
         n_vqa = round(B * self.vqa_frac) if pool.scenes is not None else 0
-        for j, (lg, i) in enumerate(zip(lang, idx)):
-            if j < B - n_vqa:
-                prompts.append(tok.lang_prompt(lg))
-                answers.append(caps[j][: T - 2])
-            else:
-                q, a = pool.question(int(i), lg, rng)
+        n_cap = B - n_vqa
+        cap = i2t_batch(tok, [tok.lang_prompt(lg) for lg in lang[:n_cap]],
+                        [c[: T - 2] for c in caps[:n_cap]], img[:n_cap])
+        vqa = None
+        if n_vqa:
+            prompts, answers = [], []
+            for lg, i in zip(lang[n_cap:], idx[n_cap:]):
+                q, a = pool.question(int(i), lg, rng, self.kind_weights if train else None)
                 prompts.append(tok.encode(q) + [tok.sep_id])
                 answers.append(tok.encode(a))
-        i2t = i2t_batch(tok, prompts, answers, img)
-        return t2i, i2t, B - n_vqa
+            vqa = i2t_batch(tok, prompts, answers, img[n_cap:])
+        return t2i, cap, vqa
 
-    def stream_losses(self, t2i, i2t):
-        m, dev = self.model, self.device
-        t2i = {k: v.to(dev) for k, v in t2i.items()}
-        i2t = {k: v.to(dev) for k, v in i2t.items()}
+    def _text_stream(self, b):
+        m = self.model
+        b = {k: v.to(self.device) for k, v in b.items()}
+        h = m(I2T, b["text"], b["image"], b["text_lens"])
+        lg = m.text_logits(m.split(I2T, h, b["text"].shape[1])[0])
+        mask = b["mask"]
+        return F.cross_entropy(lg[mask].float(), b["target"][mask]), lg
+
+    def stream_losses(self, t2i, cap, vqa):
+        m = self.model
+        t2i = {k: v.to(self.device) for k, v in t2i.items()}
         h = m(T2I, t2i["text"], t2i["image_in"], t2i["text_lens"])
         _, hi = m.split(T2I, h, t2i["text"].shape[1])
         lg = m.image_logits(hi)
         l_img = F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), t2i["target"].reshape(-1))
-        h2 = m(I2T, i2t["text"], i2t["image"], i2t["text_lens"])
-        ht, _ = m.split(I2T, h2, i2t["text"].shape[1])
-        lg2 = m.text_logits(ht)
-        mask = i2t["mask"]
-        l_txt = F.cross_entropy(lg2[mask].float(), i2t["target"][mask])
-        return l_img, l_txt, lg, lg2, hi, t2i, i2t
+        l_cap, lg_cap = self._text_stream(cap)
+        l_vqa, lg_vqa = self._text_stream(vqa) if vqa is not None else (None, None)
+        return {"img": l_img, "cap": l_cap, "vqa": l_vqa, "lg_img": lg, "lg_cap": lg_cap,
+                "lg_vqa": lg_vqa, "h_img": hi, "t2i": t2i}
 
     def loss(self, step, micro):
         idx, rng = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
-        t2i, i2t, _ = self.make_batches(self.pool, self.codes, self.cap_ids, idx, rng)
-        l_img, l_txt, *_ = self.stream_losses(t2i, i2t)
-        return l_img + l_txt, {"img": l_img.detach(), "txt": l_txt.detach()}, len(idx)
+        r = self.stream_losses(*self.make_batches(self.pool, self.codes, self.cap_ids, idx, rng))
+        loss = r["img"] + r["cap"] + (r["vqa"] if r["vqa"] is not None else 0)
+        logs = {k: r[k].detach() for k in ("img", "cap", "vqa") if r[k] is not None}
+        return loss, logs, len(idx)
 
     def evaluate(self):
         """Teacher-forced accuracies on validation scenes (greedy-equivalent per token)."""
@@ -219,15 +240,26 @@ class GeneratorTrainer(Trainer):
         idx = np.arange(min(256, len(self.val)))
         cap_ids = {lang: [self.tok.encode(t) for t in caps[: len(idx)]]
                    for lang, caps in self.val.texts.items()}
-        t2i, i2t, n_cap = self.make_batches(self.val, self.val_codes, cap_ids, idx, rng, False)
-        l_img, l_txt, lg, lg2, *_ = self.stream_losses(t2i, i2t)
-        img_ok = (lg.argmax(-1).cpu() == t2i["target"]).all(1).float()
-        txt_ok = ((lg2.argmax(-1).cpu() == i2t["target"]) | ~i2t["mask"]).all(1).float()
-        out = {"val_img_loss": round(l_img.item(), 4), "val_txt_loss": round(l_txt.item(), 4),
+        t2i, cap, vqa = self.make_batches(self.val, self.val_codes, cap_ids, idx, rng, False)
+        r = self.stream_losses(t2i, cap, vqa)
+
+        def exact(lg, b):
+            return round(((lg.argmax(-1).cpu() == b["target"]) | ~b["mask"]).all(1).float()
+                         .mean().item(), 4)
+
+        img_ok = (r["lg_img"].argmax(-1).cpu() == t2i["target"]).all(1).float()
+        out = {"val_img_loss": round(r["img"].item(), 4),
+               "val_cap_loss": round(r["cap"].item(), 4),
                "tf_image_exact": round(img_ok.mean().item(), 4),
-               "tf_caption_exact": round(txt_ok[:n_cap].mean().item(), 4)}
-        if n_cap < len(idx):
-            out["tf_vqa_exact"] = round(txt_ok[n_cap:].mean().item(), 4)
+               "tf_caption_exact": exact(r["lg_cap"], cap)}
+        if vqa is not None:
+            out["val_vqa_loss"] = round(r["vqa"].item(), 4)
+            out["tf_vqa_exact"] = exact(r["lg_vqa"], vqa)
+        if self.vq is not None:  # grid: teacher-forced argmax codes of 8 val prompts
+            H, W = self.model.cfg.grid
+            codes = r["lg_img"][:8].argmax(-1).view(-1, H, W).to(self.device)
+            save_grid(self.vq.decode_indices(codes).clamp(0, 1).cpu(),
+                      self.out_dir / "samples" / f"step_{self.step:07d}.png", nrow=8)
         return out
 
 
@@ -242,8 +274,8 @@ class EndToEndTrainer(GeneratorTrainer):
                  recon_weight: float = 1.0, **kw):
         if model.z_head is None:
             raise ValueError("end-to-end training needs a generator built with code_dim > 0")
-        self.vq, self.recon_weight = vq, recon_weight
-        super().__init__(model, cfg, out_dir, pool, codes, val, val_codes, tok, **kw)
+        self.recon_weight = recon_weight
+        super().__init__(model, cfg, out_dir, pool, codes, val, val_codes, tok, vq=vq, **kw)
         self.vq.to(self.device)
 
     def parameters(self):
@@ -269,14 +301,15 @@ class EndToEndTrainer(GeneratorTrainer):
 
     def loss(self, step, micro):
         idx, rng = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
-        t2i, i2t, _ = self.make_batches(self.pool, self.codes, self.cap_ids, idx, rng)
-        l_img, l_txt, _, _, hi, t2i_d, _ = self.stream_losses(t2i, i2t)
-        keep = ~(t2i_d["text_lens"] <= 1)  # reconstruction only for captioned samples
+        r = self.stream_losses(*self.make_batches(self.pool, self.codes, self.cap_ids, idx, rng))
+        keep = r["t2i"]["text_lens"] > 1  # reconstruction only for captioned samples
         x = self.pool.image_tensor(idx).to(self.device)
-        xr = self.decode_hidden(hi)
+        xr = self.decode_hidden(r["h_img"])
         l_rec = F.mse_loss(xr[keep].float(), x[keep]) if bool(keep.any()) else xr.sum() * 0
-        loss = l_img + l_txt + self.recon_weight * l_rec
-        return loss, {"img": l_img.detach(), "txt": l_txt.detach(), "rec": l_rec.detach()}, len(idx)
+        loss = r["img"] + r["cap"] + (r["vqa"] if r["vqa"] is not None else 0) + \
+            self.recon_weight * l_rec
+        logs = {k: r[k].detach() for k in ("img", "cap", "vqa") if r[k] is not None}
+        return loss, {**logs, "rec": l_rec.detach()}, len(idx)
 
     def decode_hidden(self, hi):
         H, W = self.model.cfg.grid
