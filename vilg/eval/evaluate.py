@@ -90,11 +90,11 @@ def eval_vqa(pipe: Pipeline, images: torch.Tensor, scenes, lang: str, seed: int 
 
 
 @torch.no_grad()
-def eval_tokenizer(pipe: Pipeline, images: torch.Tensor) -> dict:
+def eval_tokenizer(pipe: Pipeline, images: torch.Tensor, scenes) -> dict:
     codes = pipe.vq.encode(images.to(pipe.device))
     rec = pipe.vq.decode_indices(codes).clamp(0, 1).cpu()
     recon_ok = np.mean([score(im, sc)["correct"] for im, sc in
-                        zip(to_uint8(rec), pipe._eval_scenes)])
+                        zip(to_uint8(rec), scenes)])
     return {"psnr": round(psnr(images, rec), 3), "detector_on_reconstructions": round(
         float(recon_ok), 4), **{k: round(v, 4) for k, v in
                                 code_stats(codes, pipe.vq.cfg.codebook_size).items()}}
@@ -107,10 +107,9 @@ def evaluate(pipe: Pipeline, n_prompts: int = 60, n_samples: int = 8, n_caption:
     size = pipe.vq.cfg.image_size
     test = shapes_pool("test", max(n_caption, n_prompts), seed=seed, image_size=size)
     images = test.image_tensor(np.arange(len(test)))
-    pipe._eval_scenes = test.scenes
     res: dict = {"split": "test", "seed": seed, "image_size": size,
                  "end_to_end": pipe.end_to_end}
-    res["tokenizer"] = eval_tokenizer(pipe, images)
+    res["tokenizer"] = eval_tokenizer(pipe, images, test.scenes)
     log(f"tokenizer: {res['tokenizer']}")
     kw = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "cfg_scale": 1.0}
     kw.update(sample_kw or {})

@@ -29,7 +29,7 @@ PRESETS: dict[str, dict] = {
                          "code_dim": 32},
                "train": {"steps": 1800, "batch_size": 32, "lr": 3e-3, "warmup": 20}},
         "matcher": {"model": {"dim": 64, "embed_dim": 64, "text_layers": 2},
-                    "train": {"steps": 300, "batch_size": 64, "lr": 2e-3, "warmup": 20}},
+                    "train": {"steps": 400, "batch_size": 64, "lr": 2e-3, "warmup": 20}},
         "generator": {"model": {"n_layer": 4, "n_head": 4, "n_embd": 64},
                       "train": {"steps": 3200, "batch_size": 32, "lr": 2e-3, "warmup": 50,
                                 "weight_decay": 0.01}},
@@ -43,7 +43,7 @@ PRESETS: dict[str, dict] = {
         "matcher": {"model": {"dim": 64, "embed_dim": 64, "text_layers": 2},
                     "train": {"steps": 1000, "batch_size": 64, "lr": 2e-3, "warmup": 20}},
         "generator": {"model": {"n_layer": 4, "n_head": 4, "n_embd": 64},
-                      "train": {"steps": 9000, "batch_size": 32, "lr": 2e-3, "warmup": 100,
+                      "train": {"steps": 7000, "batch_size": 32, "lr": 2e-3, "warmup": 100,
                                 "weight_decay": 0.01}},
     },
     # user images (folder / tar shards): conv tokenizer, 8x8 token grid at 64 px

@@ -173,9 +173,7 @@ class GeneratorTrainer(Trainer):
         self.pool, self.codes, self.val, self.val_codes, self.tok = pool, codes, val, val_codes, tok
         self.vq = vq  # only for sample grids
         self.p_uncond, self.vqa_frac = p_uncond, vqa_frac
-        # training draws the question kinds that need a search over the image more often
-        self.kind_weights = kind_weights or {"color": 0.2, "shape": 0.15, "where": 0.3,
-                                             "count": 0.05, "exists": 0.3}
+        self.kind_weights = kind_weights  # None: uniform over question kinds
         self.cap_ids = {lang: [tok.encode(t) for t in caps] for lang, caps in pool.texts.items()}
         super().__init__(model, cfg, out_dir, device)
 
@@ -184,8 +182,7 @@ class GeneratorTrainer(Trainer):
 
     def make_batches(self, pool, codes, cap_ids, idx, rng, train=True):
         """t2i batch over all of idx; image->text split into a caption batch and a VQA batch
-        (each padded to its own length, each with its own loss mean, so the 1-3 answer
-        tokens of VQA are not drowned by the ~25 tokens of a caption)."""
+        (each padded to its own length: VQA rows are short)."""
         tok, B, T = self.tok, len(idx), self.model.cfg.text_len
         langs = pool.langs
         lang = [langs[int(rng.integers(len(langs)))] for _ in idx]
@@ -213,7 +210,8 @@ class GeneratorTrainer(Trainer):
         h = m(I2T, b["text"], b["image"], b["text_lens"])
         lg = m.text_logits(m.split(I2T, h, b["text"].shape[1])[0])
         mask = b["mask"]
-        return F.cross_entropy(lg[mask].float(), b["target"][mask]), lg
+        return F.cross_entropy(lg[mask].float(), b["target"][mask], reduction="sum"), \
+            int(mask.sum()), lg
 
     def stream_losses(self, t2i, cap, vqa):
         m = self.model
@@ -222,17 +220,20 @@ class GeneratorTrainer(Trainer):
         _, hi = m.split(T2I, h, t2i["text"].shape[1])
         lg = m.image_logits(hi)
         l_img = F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), t2i["target"].reshape(-1))
-        l_cap, lg_cap = self._text_stream(cap)
-        l_vqa, lg_vqa = self._text_stream(vqa) if vqa is not None else (None, None)
-        return {"img": l_img, "cap": l_cap, "vqa": l_vqa, "lg_img": lg, "lg_cap": lg_cap,
+        s_cap, n_cap, lg_cap = self._text_stream(cap)
+        s_vqa, n_vqa, lg_vqa = self._text_stream(vqa) if vqa is not None else (0.0, 0, None)
+        # one mean over every target text token of both streams (captions and answers alike;
+        # measured better for captions than a separate mean per stream)
+        l_txt = (s_cap + s_vqa) / max(n_cap + n_vqa, 1)
+        return {"img": l_img, "txt": l_txt, "cap": s_cap / max(n_cap, 1),
+                "vqa": s_vqa / n_vqa if n_vqa else None, "lg_img": lg, "lg_cap": lg_cap,
                 "lg_vqa": lg_vqa, "h_img": hi, "t2i": t2i}
 
     def loss(self, step, micro):
         idx, rng = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
         r = self.stream_losses(*self.make_batches(self.pool, self.codes, self.cap_ids, idx, rng))
-        loss = r["img"] + r["cap"] + (r["vqa"] if r["vqa"] is not None else 0)
         logs = {k: r[k].detach() for k in ("img", "cap", "vqa") if r[k] is not None}
-        return loss, logs, len(idx)
+        return r["img"] + r["txt"], logs, len(idx)
 
     def evaluate(self):
         """Teacher-forced accuracies on validation scenes (greedy-equivalent per token)."""
@@ -306,8 +307,7 @@ class EndToEndTrainer(GeneratorTrainer):
         x = self.pool.image_tensor(idx).to(self.device)
         xr = self.decode_hidden(r["h_img"])
         l_rec = F.mse_loss(xr[keep].float(), x[keep]) if bool(keep.any()) else xr.sum() * 0
-        loss = r["img"] + r["cap"] + (r["vqa"] if r["vqa"] is not None else 0) + \
-            self.recon_weight * l_rec
+        loss = r["img"] + r["txt"] + self.recon_weight * l_rec
         logs = {k: r[k].detach() for k in ("img", "cap", "vqa") if r[k] is not None}
         return loss, {**logs, "rec": l_rec.detach()}, len(idx)
 
