@@ -1,0 +1,97 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vilg.data.pool import shapes_pool
+from vilg.data.shapes import all_corpus_text
+from vilg.data.text_tokenizer import TextTokenizer
+from vilg.model.transformer import GPTConfig, UnifiedTransformer
+from vilg.model.vqgan import VQGAN, VQConfig
+from vilg.train import checkpoint as ckpt
+from vilg.train.run import encode_pool
+from vilg.train.stages import GeneratorTrainer, VQTrainer
+from vilg.train.trainer import TrainConfig
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "a.json"
+    ckpt.atomic_write_json(p, {"x": 1})
+    ckpt.atomic_write_json(p, {"x": 2})
+    assert json.loads(p.read_text()) == {"x": 2}
+    assert [f.name for f in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_corrupt_and_mismatched_checkpoints_raise_clear_errors(tmp_path):
+    (tmp_path / "m.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ckpt.CheckpointError, match="unreadable"):
+        ckpt.load_tensors(tmp_path / "m.safetensors")
+    ckpt.save_tensors(tmp_path / "w.safetensors", {"weight": torch.zeros(3, 3)})
+    with pytest.raises(ckpt.CheckpointError, match="does not match"):
+        ckpt.load_model_state(torch.nn.Linear(4, 4), tmp_path / "w.safetensors")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    train = shapes_pool("train", 64, 0, 48)
+    val = shapes_pool("val", 16, 0, 48)
+    tok = TextTokenizer.train(all_corpus_text(0, 200))
+    vq = VQGAN(VQConfig(image_size=48, patch=16, channels=(32,), codebook_size=32, code_dim=8))
+    return train, val, tok, vq
+
+
+def _gen_trainer(setup, out):
+    train, val, tok, vq = setup
+    torch.manual_seed(1)
+    gen = UnifiedTransformer(GPTConfig(text_vocab=tok.vocab_size, image_vocab=32, text_len=48,
+                                       n_layer=2, n_head=2, n_embd=32, dropout=0.1))
+    cfg = TrainConfig(steps=8, batch_size=6, lr=3e-3, warmup=2, ckpt_every=3, progress=False,
+                      weight_decay=0.01)
+    return GeneratorTrainer(gen, cfg, out, train, encode_pool(vq, train, "cpu"), val,
+                            encode_pool(vq, val, "cpu"), tok)
+
+
+def _assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_generator_resume_is_bit_exact(setup, tmp_path):
+    full = _gen_trainer(setup, tmp_path / "full")
+    full.fit()
+    killed = _gen_trainer(setup, tmp_path / "killed")
+    killed.fit(stop_at=5)  # "killed" after step 5 (checkpoint at 5)
+    torch.manual_seed(999)  # the process that resumes starts from different RNG states
+    np.random.seed(5)
+    resumed = _gen_trainer(setup, tmp_path / "killed")
+    resumed.fit()
+    assert resumed.step == 8
+    _assert_same(full.model.state_dict(), resumed.model.state_dict())
+    fo, ro = full.opt.state_dict()["state"], resumed.opt.state_dict()["state"]
+    for pid in fo:
+        for k in fo[pid]:
+            assert torch.equal(torch.as_tensor(fo[pid][k]), torch.as_tensor(ro[pid][k]))
+
+
+def test_vq_resume_is_bit_exact(setup, tmp_path):
+    train, val, _, _ = setup
+
+    def make(out):
+        torch.manual_seed(3)
+        vq = VQGAN(VQConfig(image_size=48, patch=16, channels=(32,), codebook_size=32,
+                            code_dim=8, dead_after=0.2))
+        cfg = TrainConfig(steps=6, batch_size=8, lr=3e-3, warmup=1, ckpt_every=0,
+                          progress=False)
+        return VQTrainer(vq, cfg, out, train, val)
+
+    a = make(tmp_path / "a")
+    a.fit()
+    make(tmp_path / "b").fit(stop_at=2)
+    b = make(tmp_path / "b")
+    b.fit()
+    _assert_same(a.model.state_dict(), b.model.state_dict())
+    assert (tmp_path / "b" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["kind"] == "vqgan"

@@ -1,0 +1,90 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vilg.cli import main
+from vilg.data.shapes import render, sample_scene
+from vilg.data.text_tokenizer import PromptError
+from vilg.generate import Pipeline
+
+PROMPT = "a large red circle at the top left"
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_run):
+    return Pipeline.load(tiny_run)
+
+
+def test_generate_shapes_rerank_and_reproducibility(pipe):
+    a = pipe.generate([PROMPT, "中间有一个小的蓝色正方形"], n=3, seed=5)
+    assert a["images"].shape == (2, 3, 3, 48, 48) and a["codes"].shape == (2, 3, 9)
+    s = a["scores"]
+    assert (s[:, :-1] >= s[:, 1:]).all()  # best first
+    b = pipe.generate([PROMPT, "中间有一个小的蓝色正方形"], n=3, seed=5)
+    assert torch.equal(a["codes"], b["codes"])
+    g = pipe.generate([PROMPT], n=2, temperature=0.0, cfg_scale=2.0)
+    assert torch.equal(g["codes"][0, 0], g["codes"][0, 1])  # argmax is deterministic
+
+
+def test_bad_prompts_raise_prompt_error(pipe):
+    with pytest.raises(PromptError, match="unknown"):
+        pipe.generate(["a purple zebra"], n=1)
+    with pytest.raises(PromptError, match="at most"):
+        pipe.generate([" and ".join([PROMPT] * 12)], n=1)
+
+
+def test_caption_greedy_equals_beam_one_and_vqa_runs(pipe):
+    x = torch.from_numpy(np.stack([render(sample_scene("test", 0, i)[0], 48)
+                                   for i in range(3)])).permute(0, 3, 1, 2).float() / 255
+    g = pipe.caption(x, "en")
+    assert g == pipe.caption(x, "en", beam=1) and len(g) == 3
+    assert len(pipe.caption(x, "zh", beam=3)) == 3
+    assert len(pipe.answer(x, "how many objects are there?")) == 3
+
+
+def test_cli_commands_and_clear_errors(tiny_run, tmp_path, capsys):
+    run = str(tiny_run)
+    out = tmp_path / "gen"
+    assert main(["generate", PROMPT, "-n", "2", "-o", str(out), "--run", run]) == 0
+    assert (out / "sample_00.png").exists() and (out / "grid.png").exists()
+    img = tmp_path / "x.png"
+    Image.fromarray(render(sample_scene("test", 0, 1)[0], 48)).save(img)
+    assert main(["caption", str(img), "--lang", "en,zh", "--run", run]) == 0
+    assert main(["ask", str(img), "how many objects are there?", "--run", run]) == 0
+    capsys.readouterr()
+    assert main(["generate", "a zebra", "--run", run, "-o", str(out)]) == 2
+    assert "bad prompt" in capsys.readouterr().err
+    assert main(["caption", str(tmp_path / "missing.png"), "--run", run]) == 2
+    assert "no such image" in capsys.readouterr().err
+    assert main(["generate", PROMPT, "--run", str(tmp_path / "nope")]) == 2
+    assert "no trained run" in capsys.readouterr().err
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert main(["caption", str(tmp_path / "bad.png"), "--run", run]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+
+
+def test_incompatible_checkpoint_is_reported(tiny_run, tmp_path, capsys):
+    import shutil
+    bad = tmp_path / "run"
+    shutil.copytree(tiny_run, bad)
+    conf = json.loads((bad / "generator" / "config.json").read_text())
+    conf["n_embd"] = 64
+    (bad / "generator" / "config.json").write_text(json.dumps(conf))
+    assert main(["generate", PROMPT, "--run", str(bad)]) == 2
+    assert "does not match" in capsys.readouterr().err
+
+
+def test_eval_writes_json(tiny_run, tmp_path):
+    out = tmp_path / "e.json"
+    assert main(["eval", "--run", str(tiny_run), "-o", str(out), "--prompts", "2",
+                 "--samples", "2", "--captions", "5"]) == 0
+    res = json.loads(out.read_text())
+    for lang in ("en", "zh"):
+        t = res[lang]["text2image"]
+        assert set(t) >= {"before_rerank", "after_rerank"}
+        assert {"exact", "bleu4", "cider_d"} <= set(res[lang]["caption"])
+        assert 0 <= res[lang]["vqa"]["accuracy"] <= 1
+    assert "psnr" in res["tokenizer"] and "perplexity" in res["tokenizer"]

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from vilg.data import shapes
+from vilg.data.shapes import Obj, ShapesDataset, caption, render, sample_scene, scene_split
+
+
+def test_spec_caption_examples():
+    scene = (Obj(0, 0, 0, 0), Obj(4, 1, 2, 1))  # large red circle TL, small blue square center
+    assert caption(scene, "en") == ("a large red circle at the top left and a small blue "
+                                    "square at the center")
+    assert caption(scene, "zh") == "左上方有一个大的红色圆形,中间有一个小的蓝色正方形"
+
+
+def test_sample_is_pure_function_of_split_seed_index():
+    a = ShapesDataset("val", 20, seed=3, image_size=48)
+    b = ShapesDataset("val", 20, seed=3, image_size=48)
+    for i in (0, 7, 19):
+        x, y = a[i], b[i]
+        assert np.array_equal(x["image"].numpy(), y["image"].numpy())
+        assert x["caption_zh"] == y["caption_zh"] and x["question_en"] == y["question_en"]
+    c = ShapesDataset("val", 20, seed=4, image_size=48)
+    assert [a.scene(i) for i in range(20)] != [c.scene(i) for i in range(20)]
+
+
+def test_splits_never_share_a_scene():
+    seen = {}
+    for split in ("train", "val", "test"):
+        for seed in (0, 1):
+            for i in range(300):
+                s = sample_scene(split, seed, i)[0]
+                assert scene_split(s) == split
+                assert seen.setdefault(shapes.scene_key(s), split) == split
+
+
+def test_render_geometry():
+    s = (Obj(2, 1, 3, 0),)  # large yellow square, top right
+    img = render(s, 48)
+    fg = img.max(-1) > 0
+    ys, xs = np.nonzero(fg)
+    assert ys.min() >= 0 and ys.max() < 16 and xs.min() >= 32 and xs.max() < 48
+    assert (img[fg] == shapes.RGB[3]).all()
+    assert fg.sum() == 14 * 14  # side 0.9 * 16 = 14.4 px -> 14 pixel centres per axis
+    with pytest.raises(ValueError):
+        render(s, 12)
+
+
+def test_object_counts_and_distinct_cells():
+    counts = np.zeros(4)
+    for i in range(500):
+        s = sample_scene("train", 0, i)[0]
+        assert len({o.cell for o in s}) == len(s)
+        assert [o.cell for o in s] == sorted(o.cell for o in s)
+        counts[len(s)] += 1
+    frac = counts[1:] / counts.sum()
+    assert abs(frac[0] - 0.4) < 0.08 and abs(frac[2] - 0.2) < 0.08
+
+
+def test_questions_have_correct_answers():
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        s = sample_scene("test", 0, i)[0]
+        q, a = shapes.question(s, "count", "en", rng)
+        assert a == shapes.COUNTS[len(s) - 1]
+        q, a = shapes.question(s, "exists", "zh", rng)
+        color, shape = next((c, k) for c in range(8) for k in range(4)
+                            if f"{shapes.COLORS_ZH[c]}的{shapes.SHAPES_ZH[k]}" in q)
+        present = any(o.color == color and o.shape == shape for o in s)
+        assert a == ("有" if present else "没有")
+        q, a = shapes.question(s, "shape", "en", rng)
+        cell = next(c for c in range(9) if q.endswith(f"at the {shapes.CELLS[c]}?"))
+        assert a == shapes.SHAPES[next(o.shape for o in s if o.cell == cell)]

@@ -1,0 +1,222 @@
+"""The unified ERNIE-ViLG transformer: one decoder stack for text->image and image->text.
+
+Both directions share every block; only the attention mask differs (attention-patterns.md):
+  text2image: [text | image], text bidirectional, image causal under the layer's sparse pattern
+  image2text: [image | text], image bidirectional under the pattern, text causal
+Layer i uses `vilg.layouts.schedule(n_layer)[i]` (row / column / conv) through
+`vilg.ops.sparse_attention`. Text and image have their own embeddings and output heads;
+image tokens get 2-D (row + column) positions.
+
+Inputs are shifted so that the output at a *target* position predicts that position's token:
+  text2image: image input = [BOI, t_0 .. t_{n-2}] at image positions, output j -> t_j
+  image2text: text input  = [BOS, w_0 .. w_{m-1}] at text positions,  output i -> w_i / EOS
+so a padded text segment never sits between a prediction and its target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vilg import layouts, ops
+
+T2I, I2T = "text2image", "image2text"
+
+
+@dataclass
+class GPTConfig:
+    text_vocab: int = 256
+    image_vocab: int = 128  # codebook size; id image_vocab is the BOI start token
+    text_len: int = 48  # longest text segment (incl. BOS) the model accepts
+    grid: tuple = (3, 3)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    window: int = 11
+    code_dim: int = 0  # > 0 adds the end-to-end head: hidden -> z_emb of this size
+
+    def __post_init__(self):
+        self.grid = tuple(self.grid)
+        if self.n_embd % self.n_head:
+            raise ValueError("n_embd must be divisible by n_head")
+
+    @property
+    def n_image(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def _heads(self, x):
+        B, L, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        return [t.view(B, L, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)]
+
+    def forward(self, x, layout, text_lens, cache=None):
+        B, L, C = x.shape
+        q, k, v = self._heads(x)
+        if cache is not None:  # prefill: keep this layer's keys / values
+            cache[0][:, :, :L] = k
+            cache[1][:, :, :L] = v
+        y = ops.sparse_attention(q, k, v, layout, text_lens=text_lens)
+        return self.drop(self.proj(y.transpose(1, 2).reshape(B, L, C)))
+
+    def step(self, x, layout, pos, cache, text_lens):
+        """One decode step for the token at `pos`; x [B, C]."""
+        B, C = x.shape
+        q, k, v = (t[:, :, 0] for t in self._heads(x[:, None]))
+        cache[0][:, :, pos] = k
+        cache[1][:, :, pos] = v
+        y = ops.decode_attention(q, cache[0], cache[1], layout, pos, text_lens=text_lens)
+        return self.proj(y.reshape(B, C))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = Attention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
+                                 nn.Linear(4 * cfg.n_embd, cfg.n_embd), nn.Dropout(cfg.dropout))
+
+    def forward(self, x, layout, text_lens, cache=None):
+        x = x + self.attn(self.ln1(x), layout, text_lens, cache)
+        return x + self.mlp(self.ln2(x))
+
+    def step(self, x, layout, pos, cache, text_lens):
+        x = x + self.attn.step(self.ln1(x), layout, pos, cache, text_lens)
+        return x + self.mlp(self.ln2(x))
+
+
+class UnifiedTransformer(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, (H, W) = cfg.n_embd, cfg.grid
+        self.text_emb = nn.Embedding(cfg.text_vocab, d)
+        self.text_pos = nn.Embedding(cfg.text_len, d)
+        self.image_emb = nn.Embedding(cfg.image_vocab + 1, d)  # + BOI
+        self.row_pos = nn.Embedding(H, d)
+        self.col_pos = nn.Embedding(W, d)
+        self.dir_emb = nn.Embedding(2, d)  # which stream: lets shared weights tell them apart
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(d)
+        self.text_head = nn.Linear(d, cfg.text_vocab, bias=False)
+        self.image_head = nn.Linear(d, cfg.image_vocab, bias=False)
+        self.z_head = (nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.code_dim))
+                       if cfg.code_dim > 0 else None)
+        self.kinds = layouts.schedule(cfg.n_layer)
+        self.grad_checkpointing = False
+        self._layouts: dict = {}
+        self.apply(self._init)
+        for n, p in self.named_parameters():  # GPT-2 style scaled init of residual outputs
+            if n.endswith(("attn.proj.weight", "mlp.2.weight")):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+
+    @property
+    def boi(self) -> int:
+        return self.cfg.image_vocab
+
+    def layouts_for(self, direction: str, text_len: int) -> list:
+        key = (direction, text_len)
+        if key not in self._layouts:
+            self._layouts[key] = [
+                layouts.ernie_vilg(k, text_len, self.cfg.grid, direction=direction,
+                                   window=self.cfg.window) for k in self.kinds]
+        return self._layouts[key]
+
+    # ------------------------------------------------------------------ embeddings
+
+    def embed_text(self, ids, start: int = 0):
+        pos = torch.arange(start, start + ids.shape[1], device=ids.device)
+        return self.text_emb(ids) + self.text_pos(pos)
+
+    def embed_image(self, ids, start: int = 0):
+        W = self.cfg.grid[1]
+        pos = torch.arange(start, start + ids.shape[1], device=ids.device)
+        return self.image_emb(ids) + self.row_pos(pos // W) + self.col_pos(pos % W)
+
+    def embed(self, direction: str, text_ids, image_ids):
+        t, i = self.embed_text(text_ids), self.embed_image(image_ids)
+        x = torch.cat([t, i] if direction == T2I else [i, t], dim=1)
+        return x + self.dir_emb.weight[0 if direction == T2I else 1]
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, direction: str, text_ids, image_ids, text_lens=None, caches=None):
+        """text_ids [B, T], image_ids [B, H*W] (inputs, already shifted) -> hidden [B, L, d].
+
+        Returns the final hidden states after ln_f; use `text_logits` / `image_logits` on the
+        relevant slice. `caches` (list of (k, v) per layer) is filled for KV-cached decoding.
+        """
+        if direction not in (T2I, I2T):
+            raise ValueError(f"direction must be {T2I!r} or {I2T!r}")
+        T = text_ids.shape[1]
+        if T > self.cfg.text_len:
+            raise ValueError(f"text segment of {T} tokens exceeds text_len={self.cfg.text_len}")
+        lays = self.layouts_for(direction, T)
+        x = self.drop(self.embed(direction, text_ids, image_ids))
+        for i, blk in enumerate(self.blocks):
+            cache = caches[i] if caches is not None else None
+            if self.grad_checkpointing and self.training and cache is None:
+                x = checkpoint(blk, x, lays[i], text_lens, use_reentrant=False)
+            else:
+                x = blk(x, lays[i], text_lens, cache)
+        return self.ln_f(x)
+
+    def split(self, direction: str, h, T: int):
+        """hidden -> (text part, image part)."""
+        n = self.cfg.n_image
+        return (h[:, :T], h[:, T:]) if direction == T2I else (h[:, n:], h[:, :n])
+
+    def text_logits(self, h):
+        return self.text_head(h)
+
+    def image_logits(self, h):
+        return self.image_head(h)
+
+    # ------------------------------------------------------------------ decoding
+
+    def new_caches(self, B: int, L: int, device, dtype=torch.float32):
+        hd = self.cfg.n_embd // self.cfg.n_head
+        return [(torch.zeros(B, self.cfg.n_head, L, hd, device=device, dtype=dtype),
+                 torch.zeros(B, self.cfg.n_head, L, hd, device=device, dtype=dtype))
+                for _ in self.blocks]
+
+    def step(self, direction: str, token, pos: int, T: int, caches, text_lens=None):
+        """Feed the input token at sequence position `pos`; returns the hidden state [B, d]."""
+        n = self.cfg.n_image
+        if direction == T2I:
+            x = self.embed_image(token[:, None], start=pos - T)[:, 0]
+        else:
+            x = self.embed_text(token[:, None], start=pos - n)[:, 0]
+        x = x + self.dir_emb.weight[0 if direction == T2I else 1]
+        lays = self.layouts_for(direction, T)
+        for i, blk in enumerate(self.blocks):
+            x = blk.step(x, lays[i], pos, caches[i], text_lens)
+        return self.ln_f(x)

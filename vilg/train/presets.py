@@ -1,0 +1,87 @@
+"""Named training recipes. A preset is a plain dict of per-stage settings; `vilg train
+--preset NAME --set stage.key=value` overrides single entries.
+
+Shapes presets use a token grid aligned with the 3x3 cell grid (f = image_size / 3) and a
+per-patch tokenizer (token_kernel=1): a token then stands for one cell's content, which
+makes both directions short (9 image tokens) and fast to learn.
+"""
+
+from __future__ import annotations
+
+import copy
+
+PRESETS: dict[str, dict] = {
+    # seconds on 1 core: used by the test-suite
+    "tiny": {
+        "data": {"train_size": 512, "val_size": 64, "image_size": 48},
+        "vq": {"model": {"patch": 16, "channels": [64], "blocks": 1, "codebook_size": 80,
+                         "code_dim": 16},
+               "train": {"steps": 30, "batch_size": 16, "lr": 3e-3, "warmup": 5}},
+        "matcher": {"model": {"dim": 32, "embed_dim": 32, "text_layers": 1},
+                    "train": {"steps": 10, "batch_size": 16, "lr": 2e-3, "warmup": 2}},
+        "generator": {"model": {"n_layer": 2, "n_head": 2, "n_embd": 32},
+                      "train": {"steps": 10, "batch_size": 8, "lr": 2e-3, "warmup": 2}},
+    },
+    # the README's demo: about 10 minutes on 2 CPU cores
+    "demo": {
+        "data": {"train_size": 20000, "val_size": 256, "image_size": 48},
+        "vq": {"model": {"patch": 16, "channels": [256], "blocks": 2, "codebook_size": 128,
+                         "code_dim": 32},
+               "train": {"steps": 1800, "batch_size": 32, "lr": 3e-3, "warmup": 20}},
+        "matcher": {"model": {"dim": 64, "embed_dim": 64, "text_layers": 2},
+                    "train": {"steps": 400, "batch_size": 64, "lr": 2e-3, "warmup": 20}},
+        "generator": {"model": {"n_layer": 4, "n_head": 4, "n_embd": 64},
+                      "train": {"steps": 3200, "batch_size": 32, "lr": 2e-3, "warmup": 50,
+                                "weight_decay": 0.01}},
+    },
+    # the longer recipe: same architecture, more scenes and ~3x the generator steps
+    "long": {
+        "data": {"train_size": 50000, "val_size": 256, "image_size": 48},
+        "vq": {"model": {"patch": 16, "channels": [256], "blocks": 2, "codebook_size": 128,
+                         "code_dim": 32},
+               "train": {"steps": 2000, "batch_size": 32, "lr": 3e-3, "warmup": 20}},
+        "matcher": {"model": {"dim": 64, "embed_dim": 64, "text_layers": 2},
+                    "train": {"steps": 1000, "batch_size": 64, "lr": 2e-3, "warmup": 20}},
+        "generator": {"model": {"n_layer": 4, "n_head": 4, "n_embd": 64},
+                      "train": {"steps": 7000, "batch_size": 32, "lr": 2e-3, "warmup": 100,
+                                "weight_decay": 0.01}},
+    },
+    # user images (folder / tar shards): conv tokenizer, 8x8 token grid at 64 px
+    "real": {
+        "data": {"train_size": 100000, "val_size": 256, "image_size": 64},
+        "vq": {"model": {"patch": 2, "channels": [64, 128, 256], "token_kernel": 3,
+                         "codebook_size": 1024, "code_dim": 32, "perceptual_weight": 0.1},
+               "train": {"steps": 20000, "batch_size": 32, "lr": 1e-3, "warmup": 500}},
+        "matcher": {"model": {"dim": 128, "embed_dim": 128, "text_layers": 4},
+                    "train": {"steps": 10000, "batch_size": 128, "lr": 5e-4, "warmup": 500}},
+        "generator": {"model": {"n_layer": 12, "n_head": 8, "n_embd": 512, "dropout": 0.1},
+                      "train": {"steps": 100000, "batch_size": 64, "lr": 3e-4, "warmup": 2000,
+                                "weight_decay": 0.05, "precision": "bf16",
+                                "grad_checkpointing": True}},
+    },
+}
+
+
+def get_preset(name: str, overrides: list[str] | None = None) -> dict:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    p = copy.deepcopy(PRESETS[name])
+    p["name"] = name
+    for ov in overrides or []:
+        key, sep, val = ov.partition("=")
+        if not sep:
+            raise ValueError(f"override {ov!r} is not of the form stage.key=value")
+        parts = key.split(".")
+        d = p
+        for k in parts[:-1]:
+            d = d.setdefault(k, {})
+        d[parts[-1]] = _parse(val)
+    return p
+
+
+def _parse(v: str):
+    import json
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v

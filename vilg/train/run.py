@@ -1,0 +1,155 @@
+"""Train every stage of a run, in order, into one run directory:
+
+  run/preset.json   the resolved recipe
+  run/tokenizer.json  text tokenizer (HF tokenizers), trained on the run's corpus
+  run/tokenizer/    image tokenizer (VQGAN)      run/matcher/   reranker
+  run/generator/    unified transformer          run/end2end/   (optional) end-to-end model
+
+Each stage writes model.safetensors + config.json when it finishes and is then skipped on a
+re-run; an interrupted stage resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vilg.data import shapes
+from vilg.data.pool import Pool, shapes_pool
+from vilg.data.text_tokenizer import TextTokenizer
+from vilg.data.user import user_pool
+from vilg.model.matcher import Matcher, MatcherConfig
+from vilg.model.transformer import GPTConfig, UnifiedTransformer
+from vilg.model.vqgan import VQGAN, VQConfig
+from vilg.train import checkpoint as ckpt
+from vilg.train.stages import EndToEndTrainer, GeneratorTrainer, MatcherTrainer, VQTrainer
+from vilg.train.trainer import TrainConfig
+
+STAGES = ("vq", "matcher", "generator", "end2end")
+
+
+def _done(d: Path) -> bool:
+    return (d / "model.safetensors").exists() and (d / "config.json").exists()
+
+
+def build_pools(preset: dict, data: str | None, seed: int) -> tuple[Pool, Pool]:
+    d = preset["data"]
+    if data is None:
+        return (shapes_pool("train", d["train_size"], seed, d["image_size"]),
+                shapes_pool("val", d["val_size"], seed, d["image_size"]))
+    pool = user_pool(data, d["image_size"], limit=d["train_size"] + d["val_size"])
+    nv = min(d["val_size"], max(1, len(pool) // 10))
+    split = len(pool) - nv
+
+    def mk(sl):
+        return Pool(pool.images[sl], {"raw": pool.texts["raw"][sl]}, None, pool.stats)
+
+    return mk(slice(0, split)), mk(slice(split, None))
+
+
+def corpus(pool: Pool, seed: int) -> list[str]:
+    texts = [t for caps in pool.texts.values() for t in caps]
+    if pool.scenes is not None:  # questions / answers of the shapes data too
+        texts += shapes.all_corpus_text(seed, 2000)
+    return texts
+
+
+@torch.no_grad()
+def encode_pool(vq: VQGAN, pool: Pool, device, batch: int = 512) -> torch.Tensor:
+    vq.eval().to(device)
+    out = [vq.encode(pool.image_tensor(np.arange(s, min(s + batch, len(pool)))).to(device))
+           .flatten(1).cpu() for s in range(0, len(pool), batch)]
+    return torch.cat(out)
+
+
+def train_run(preset: dict, out: str | Path, *, data: str | None = None, device="cpu",
+              seed: int = 0, stages=("vq", "matcher", "generator"), progress: bool = True,
+              log=print) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for s in stages:
+        if s not in STAGES:
+            raise ValueError(f"unknown stage {s!r}; expected some of {STAGES}")
+    old = out / "preset.json"
+    if old.exists():
+        prev = ckpt.load_json(old)
+        if {k: v for k, v in prev.items() if k != "timings"} != \
+                {k: v for k, v in {**preset, "data_source": data}.items()}:
+            raise ckpt.CheckpointError(
+                f"{out} was trained with a different recipe; use another --out directory")
+    ckpt.atomic_write_json(old, {**preset, "data_source": data})
+    timings: dict = {}
+    t0 = time.perf_counter()
+    train, val = build_pools(preset, data, seed)
+    log(f"data: {len(train)} train / {len(val)} val images "
+        f"({preset['data']['image_size']} px){' ' + str(train.stats) if train.stats else ''}")
+
+    tok_path = out / "tokenizer.json"
+    if tok_path.exists():
+        tok = TextTokenizer.load(tok_path)
+    else:
+        tok = TextTokenizer.train(corpus(train, seed),
+                                  vocab_size=preset.get("text_vocab", 1000 if data is None
+                                                        else 8000))
+        tok.save(tok_path)
+    timings["data_and_text_tokenizer"] = round(time.perf_counter() - t0, 1)
+    dev = torch.device(device)
+
+    def tcfg(stage):
+        return TrainConfig(**{**preset[stage]["train"], "seed": seed, "progress": progress})
+
+    # ---- image tokenizer
+    t = time.perf_counter()
+    vq_cfg = VQConfig(image_size=preset["data"]["image_size"], **preset["vq"]["model"])
+    vq = VQGAN(vq_cfg)
+    if _done(out / "tokenizer"):
+        ckpt.load_model_state(vq, out / "tokenizer" / "model.safetensors")
+    elif "vq" in stages:
+        VQTrainer(vq, tcfg("vq"), out / "tokenizer", train, val, dev).fit()
+    else:
+        raise ckpt.CheckpointError(f"{out} has no trained image tokenizer")
+    timings["image_tokenizer"] = round(time.perf_counter() - t, 1)
+
+    # ---- matcher
+    t = time.perf_counter()
+    T = max(len(tok.encode(x)) for caps in train.texts.values() for x in caps[:5000]) + 8
+    text_len = preset.get("text_len", min(max(T, 16), 128))
+    if "matcher" in stages and not _done(out / "matcher"):
+        mcfg = MatcherConfig(image_size=vq_cfg.image_size, text_vocab=tok.vocab_size,
+                             text_len=text_len, **preset["matcher"]["model"])
+        MatcherTrainer(Matcher(mcfg), tcfg("matcher"), out / "matcher", train, val, tok,
+                       dev).fit()
+    timings["matcher"] = round(time.perf_counter() - t, 1)
+
+    # ---- generator (two-stage) and / or end-to-end
+    for stage in ("generator", "end2end"):
+        if stage not in stages or _done(out / stage):
+            continue
+        t = time.perf_counter()
+        codes, val_codes = encode_pool(vq, train, dev), encode_pool(vq, val, dev)
+        gcfg = GPTConfig(text_vocab=tok.vocab_size, image_vocab=vq_cfg.codebook_size,
+                         text_len=text_len, grid=vq_cfg.grid,
+                         code_dim=vq_cfg.code_dim if stage == "end2end" else 0,
+                         **preset["generator"]["model"])
+        gen = UnifiedTransformer(gcfg)
+        if stage == "generator":
+            GeneratorTrainer(gen, tcfg("generator"), out / stage, train, codes, val, val_codes,
+                             tok, device=dev, vq=vq).fit()
+        else:
+            if _done(out / "generator"):  # start from the two-stage generator's weights
+                own = gen.state_dict()
+                src = ckpt.load_tensors(out / "generator" / "model.safetensors")
+                own.update({k: v for k, v in src.items() if k in own})
+                gen.load_state_dict(own)
+            e2e_vq = VQGAN(vq_cfg)
+            e2e_vq.load_state_dict(vq.state_dict())
+            EndToEndTrainer(gen, tcfg("end2end" if "end2end" in preset else "generator"),
+                            out / stage, train, codes, val, val_codes,
+                            tok, e2e_vq, device=dev).fit()
+        timings[stage] = round(time.perf_counter() - t, 1)
+    timings["total"] = round(time.perf_counter() - t0, 1)
+    ckpt.atomic_write_json(out / "timings.json", timings)
+    return timings

@@ -1,0 +1,318 @@
+"""The four training stages, each a `Trainer` subclass.
+
+VQTrainer        image tokenizer (reconstruction + codebook/commitment [+ perceptual, GAN])
+MatcherTrainer   contrastive image-text matcher for reranking
+GeneratorTrainer unified transformer: text->image + image->text (+ VQA), caption dropout
+EndToEndTrainer  generator whose image-position hidden states also drive the image decoder
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vilg.data import shapes
+from vilg.data.pool import Pool
+from vilg.data.sequences import i2t_batch, pad, t2i_batch
+from vilg.data.text_tokenizer import TextTokenizer
+from vilg.generate import save_grid
+from vilg.model.matcher import Matcher
+from vilg.model.transformer import I2T, T2I, UnifiedTransformer
+from vilg.model.vqgan import VQGAN, code_stats, psnr
+from vilg.train.trainer import TrainConfig, Trainer
+
+
+def _indices(seed: int, step: int, micro: int, n: int, b: int) -> tuple[np.ndarray, object]:
+    rng = np.random.default_rng([seed, step, micro])
+    return rng.integers(n, size=b), rng
+
+
+# ------------------------------------------------------------------ image tokenizer
+
+class VQTrainer(Trainer):
+    name = "tokenizer"
+
+    def __init__(self, model: VQGAN, cfg: TrainConfig, out_dir, pool: Pool, val: Pool,
+                 device="cpu"):
+        self.pool, self.val = pool, val
+        super().__init__(model, cfg, out_dir, device)
+        self.disc_opt = (torch.optim.Adam(model.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+                         if model.disc is not None else None)
+
+    def parameters(self):
+        return [p for n, p in self.model.named_parameters()
+                if p.requires_grad and not n.startswith("disc.")]
+
+    def model_config(self):
+        return {"kind": "vqgan", **self.model.cfg.to_dict()}
+
+    def loss(self, step, micro):
+        m, c = self.model, self.model.cfg
+        idx, _ = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
+        x = self.pool.image_tensor(idx).to(self.device)
+        xr, _codes, qloss, _ = m(x)
+        rl = m.recon_loss(x, xr)
+        loss = rl["recon"] + qloss
+        logs = {"recon": rl["recon"].detach(), "psnr": psnr(x, xr.detach().clamp(0, 1))}
+        if m.disc is not None and step >= c.gan_start:
+            # hinge GAN: generator term here, discriminator updated in after_step
+            g = -m.disc(xr).mean()
+            loss = loss + c.gan_weight * g
+            self._last = (x.detach(), xr.detach())
+            logs["gan_g"] = g.detach()
+        return loss, logs, len(idx)
+
+    def after_step(self, step):
+        if self.disc_opt is None or not hasattr(self, "_last"):
+            return
+        x, xr = self._last
+        d = self.model.disc
+        loss = F.relu(1 - d(x)).mean() + F.relu(1 + d(xr)).mean()
+        self.disc_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.disc_opt.step()
+
+    def evaluate(self):
+        res = evaluate_vq(self.model, self.val, self.device)
+        x = self.val.image_tensor(np.arange(min(8, len(self.val)))).to(self.device)
+        rec = self.model.decode_indices(self.model.encode(x)).clamp(0, 1)
+        save_grid(torch.cat([x, rec]).cpu(), self.out_dir / "samples" /
+                  f"step_{self.step:07d}.png", nrow=len(x))  # top: input, bottom: recon
+        return res
+
+
+@torch.no_grad()
+def evaluate_vq(model: VQGAN, val: Pool, device="cpu", n: int = 512) -> dict:
+    model.eval()
+    x = val.image_tensor(np.arange(min(n, len(val)))).to(device)
+    codes = model.encode(x)
+    xr = model.decode_indices(codes).clamp(0, 1)
+    return {"psnr": round(psnr(x, xr), 3),
+            **{k: round(v, 4) for k, v in code_stats(codes, model.cfg.codebook_size).items()}}
+
+
+# ------------------------------------------------------------------ matcher
+
+def perturb_caption(scene, lang: str, rng: np.random.Generator) -> str:
+    """The caption with one attribute (shape, colour, size or cell) of one object changed."""
+    objs = list(scene)
+    k = int(rng.integers(len(objs)))
+    o = objs[k]
+    attr = int(rng.integers(4))
+    if attr == 0:
+        o = shapes.Obj(o.cell, (o.shape + 1 + int(rng.integers(3))) % 4, o.color, o.size)
+    elif attr == 1:
+        o = shapes.Obj(o.cell, o.shape, (o.color + 1 + int(rng.integers(7))) % 8, o.size)
+    elif attr == 2:
+        o = shapes.Obj(o.cell, o.shape, o.color, 1 - o.size)
+    else:
+        free = [c for c in range(9) if c not in {p.cell for p in objs}]
+        o = shapes.Obj(free[int(rng.integers(len(free)))], o.shape, o.color, o.size)
+    objs[k] = o
+    return shapes.caption(tuple(sorted(objs)), lang)
+
+
+class MatcherTrainer(Trainer):
+    name = "matcher"
+
+    def __init__(self, model: Matcher, cfg: TrainConfig, out_dir, pool: Pool, val: Pool,
+                 tok: TextTokenizer, device="cpu"):
+        self.pool, self.val, self.tok = pool, val, tok
+        super().__init__(model, cfg, out_dir, device)
+
+    def model_config(self):
+        return {"kind": "matcher", **self.model.cfg.to_dict()}
+
+    def _texts(self, pool, idx, rng):
+        langs = pool.langs
+        caps, negs = [], []
+        for i in idx:
+            lang = langs[int(rng.integers(len(langs)))]
+            caps.append(self.tok.encode(pool.texts[lang][i])[: self.model.cfg.text_len])
+            if pool.scenes is not None:
+                negs.append(self.tok.encode(perturb_caption(pool.scenes[i], lang, rng)))
+        ids, lens = pad(caps, self.tok.pad_id)
+        if negs:
+            nids, nlens = pad(negs, self.tok.pad_id)
+            return ids, lens, nids, nlens
+        return ids, lens, None, None
+
+    def loss(self, step, micro):
+        idx, rng = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
+        x = self.pool.image_tensor(idx).to(self.device)
+        ids, lens, nids, nlens = (t if t is None else t.to(self.device)
+                                  for t in self._texts(self.pool, idx, rng))
+        loss, acc = self.model.loss(x, ids, lens, nids, nlens)
+        return loss, {"loss": loss.detach(), "acc": acc}, len(idx)
+
+    def evaluate(self):
+        rng = np.random.default_rng(123)
+        idx = np.arange(min(256, len(self.val)))
+        x = self.val.image_tensor(idx).to(self.device)
+        ids, lens, nids, nlens = self._texts(self.val, idx, rng)
+        zi = self.model.embed_image(x)
+        zt = self.model.embed_text(ids.to(self.device), lens.to(self.device))
+        out = {"retrieval_acc": float(((zi @ zt.t()).argmax(1) == torch.arange(len(idx))).float()
+                                      .mean())}
+        if nids is not None:
+            zn = self.model.embed_text(nids.to(self.device), nlens.to(self.device))
+            out["hard_negative_acc"] = float(((zi * zt).sum(1) > (zi * zn).sum(1)).float().mean())
+        return out
+
+
+# ------------------------------------------------------------------ generator
+
+class GeneratorTrainer(Trainer):
+    name = "generator"
+
+    def __init__(self, model: UnifiedTransformer, cfg: TrainConfig, out_dir, pool: Pool,
+                 codes: torch.Tensor, val: Pool, val_codes: torch.Tensor, tok: TextTokenizer,
+                 p_uncond: float = 0.1, vqa_frac: float = 0.5, device="cpu",
+                 vq: VQGAN | None = None, kind_weights: dict | None = None):
+        self.pool, self.codes, self.val, self.val_codes, self.tok = pool, codes, val, val_codes, tok
+        self.vq = vq  # only for sample grids
+        self.p_uncond, self.vqa_frac = p_uncond, vqa_frac
+        self.kind_weights = kind_weights  # None: uniform over question kinds
+        self.cap_ids = {lang: [tok.encode(t) for t in caps] for lang, caps in pool.texts.items()}
+        super().__init__(model, cfg, out_dir, device)
+
+    def model_config(self):
+        return {"kind": "generator", **self.model.cfg.to_dict()}
+
+    def make_batches(self, pool, codes, cap_ids, idx, rng, train=True):
+        """t2i batch over all of idx; image->text split into a caption batch and a VQA batch
+        (each padded to its own length: VQA rows are short)."""
+        tok, B, T = self.tok, len(idx), self.model.cfg.text_len
+        langs = pool.langs
+        lang = [langs[int(rng.integers(len(langs)))] for _ in idx]
+        caps = [cap_ids[lg][i][: T - 1] for lg, i in zip(lang, idx)]
+        img = codes[torch.as_tensor(idx)]
+        drop = torch.from_numpy(rng.random(B) < self.p_uncond) if train else None
+        t2i = t2i_batch(tok, caps, img, self.model.boi, drop)
+        n_vqa = round(B * self.vqa_frac) if pool.scenes is not None else 0
+        n_cap = B - n_vqa
+        cap = i2t_batch(tok, [tok.lang_prompt(lg) for lg in lang[:n_cap]],
+                        [c[: T - 2] for c in caps[:n_cap]], img[:n_cap])
+        vqa = None
+        if n_vqa:
+            prompts, answers = [], []
+            for lg, i in zip(lang[n_cap:], idx[n_cap:]):
+                q, a = pool.question(int(i), lg, rng, self.kind_weights if train else None)
+                prompts.append(tok.encode(q) + [tok.sep_id])
+                answers.append(tok.encode(a))
+            vqa = i2t_batch(tok, prompts, answers, img[n_cap:])
+        return t2i, cap, vqa
+
+    def _text_stream(self, b):
+        m = self.model
+        b = {k: v.to(self.device) for k, v in b.items()}
+        h = m(I2T, b["text"], b["image"], b["text_lens"])
+        lg = m.text_logits(m.split(I2T, h, b["text"].shape[1])[0])
+        mask = b["mask"]
+        return F.cross_entropy(lg[mask].float(), b["target"][mask], reduction="sum"), \
+            int(mask.sum()), lg
+
+    def stream_losses(self, t2i, cap, vqa):
+        m = self.model
+        t2i = {k: v.to(self.device) for k, v in t2i.items()}
+        h = m(T2I, t2i["text"], t2i["image_in"], t2i["text_lens"])
+        _, hi = m.split(T2I, h, t2i["text"].shape[1])
+        lg = m.image_logits(hi)
+        l_img = F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), t2i["target"].reshape(-1))
+        s_cap, n_cap, lg_cap = self._text_stream(cap)
+        s_vqa, n_vqa, lg_vqa = self._text_stream(vqa) if vqa is not None else (0.0, 0, None)
+        # one mean over every target text token of both streams (captions and answers alike;
+        # measured better for captions than a separate mean per stream)
+        l_txt = (s_cap + s_vqa) / max(n_cap + n_vqa, 1)
+        return {"img": l_img, "txt": l_txt, "cap": s_cap / max(n_cap, 1),
+                "vqa": s_vqa / n_vqa if n_vqa else None, "lg_img": lg, "lg_cap": lg_cap,
+                "lg_vqa": lg_vqa, "h_img": hi, "t2i": t2i}
+
+    def loss(self, step, micro):
+        idx, rng = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
+        r = self.stream_losses(*self.make_batches(self.pool, self.codes, self.cap_ids, idx, rng))
+        logs = {k: r[k].detach() for k in ("img", "cap", "vqa") if r[k] is not None}
+        return r["img"] + r["txt"], logs, len(idx)
+
+    def evaluate(self):
+        """Teacher-forced accuracies on validation scenes (greedy-equivalent per token)."""
+        rng = np.random.default_rng(321)
+        idx = np.arange(min(256, len(self.val)))
+        cap_ids = {lang: [self.tok.encode(t) for t in caps[: len(idx)]]
+                   for lang, caps in self.val.texts.items()}
+        t2i, cap, vqa = self.make_batches(self.val, self.val_codes, cap_ids, idx, rng, False)
+        r = self.stream_losses(t2i, cap, vqa)
+
+        def exact(lg, b):
+            return round(((lg.argmax(-1).cpu() == b["target"]) | ~b["mask"]).all(1).float()
+                         .mean().item(), 4)
+
+        img_ok = (r["lg_img"].argmax(-1).cpu() == t2i["target"]).all(1).float()
+        out = {"val_img_loss": round(r["img"].item(), 4),
+               "val_cap_loss": round(r["cap"].item(), 4),
+               "tf_image_exact": round(img_ok.mean().item(), 4),
+               "tf_caption_exact": exact(r["lg_cap"], cap)}
+        if vqa is not None:
+            out["val_vqa_loss"] = round(r["vqa"].item(), 4)
+            out["tf_vqa_exact"] = exact(r["lg_vqa"], vqa)
+        if self.vq is not None:  # grid: teacher-forced argmax codes of 8 val prompts
+            H, W = self.model.cfg.grid
+            codes = r["lg_img"][:8].argmax(-1).view(-1, H, W).to(self.device)
+            save_grid(self.vq.decode_indices(codes).clamp(0, 1).cpu(),
+                      self.out_dir / "samples" / f"step_{self.step:07d}.png", nrow=8)
+        return out
+
+
+class EndToEndTrainer(GeneratorTrainer):
+    """Adds the paper's end-to-end path: hidden states of the image positions -> z_head ->
+    z_emb -> image decoder, with a reconstruction loss back-propagated into the generator
+    (and the decoder, which is fine-tuned jointly)."""
+
+    name = "end2end"
+
+    def __init__(self, model, cfg, out_dir, pool, codes, val, val_codes, tok, vq: VQGAN,
+                 recon_weight: float = 1.0, **kw):
+        if model.z_head is None:
+            raise ValueError("end-to-end training needs a generator built with code_dim > 0")
+        self.recon_weight = recon_weight
+        super().__init__(model, cfg, out_dir, pool, codes, val, val_codes, tok, vq=vq, **kw)
+        self.vq.to(self.device)
+
+    def parameters(self):
+        return [p for p in self.model.parameters() if p.requires_grad] + \
+            list(self.vq.decoder.parameters())
+
+    def save(self):
+        from vilg.train import checkpoint as ckpt
+        ckpt.save_tensors(self.out_dir / "decoder.safetensors", self.vq.decoder.state_dict())
+        return super().save()
+
+    def try_resume(self):
+        from vilg.train import checkpoint as ckpt
+        ok = super().try_resume()
+        if ok and (self.out_dir / "decoder.safetensors").exists():
+            self.vq.decoder.load_state_dict(ckpt.load_tensors(self.out_dir / "decoder.safetensors"))
+        return ok
+
+    def export(self):
+        super().export()
+        from vilg.train import checkpoint as ckpt
+        ckpt.save_tensors(self.out_dir / "decoder.safetensors", self.vq.decoder.state_dict())
+
+    def loss(self, step, micro):
+        idx, rng = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
+        r = self.stream_losses(*self.make_batches(self.pool, self.codes, self.cap_ids, idx, rng))
+        keep = r["t2i"]["text_lens"] > 1  # reconstruction only for captioned samples
+        x = self.pool.image_tensor(idx).to(self.device)
+        xr = self.decode_hidden(r["h_img"])
+        l_rec = F.mse_loss(xr[keep].float(), x[keep]) if bool(keep.any()) else xr.sum() * 0
+        loss = r["img"] + r["txt"] + self.recon_weight * l_rec
+        logs = {k: r[k].detach() for k in ("img", "cap", "vqa") if r[k] is not None}
+        return loss, {**logs, "rec": l_rec.detach()}, len(idx)
+
+    def decode_hidden(self, hi):
+        H, W = self.model.cfg.grid
+        z = self.model.z_head(hi)  # [B, H*W, code_dim]
+        z = z.transpose(1, 2).reshape(len(hi), -1, H, W)
+        return self.vq.decoder(z)

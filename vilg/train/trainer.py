@@ -1,0 +1,238 @@
+"""One training loop shared by every stage (image tokenizer, matcher, generator, end-to-end).
+
+A stage subclasses `Trainer` and supplies `batch(step, micro)` -> loss terms; the loop adds
+gradient accumulation, autocast (bf16 / fp16 with loss scaling on GPU), gradient clipping,
+cosine LR with linear warm-up, a progress bar with loss and throughput, periodic evaluation,
+and atomic checkpoints that resume exactly: model, optimizer, LR step, torch / numpy / python
+RNG states and the data position (batches are a pure function of (seed, step), so the step
+is the data position).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vilg.train import checkpoint as ckpt
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 50
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.98)
+    grad_accum: int = 1
+    clip: float = 1.0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 uses a GradScaler)
+    grad_checkpointing: bool = False
+    eval_every: int = 0  # 0: only at the end
+    ckpt_every: int = 200
+    keep: int = 2
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.grad_accum < 1 or self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps, batch_size and grad_accum must be >= 1")
+
+
+def cosine_lr(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    lo = cfg.lr * cfg.min_lr_ratio
+    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def rng_state() -> tuple[dict, dict]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda{i}"] = s
+    st = random.getstate()
+    meta = {"python": [st[0], list(st[1]), st[2]],
+            "numpy": [np.random.get_state()[0], np.random.get_state()[1].tolist(),
+                      *np.random.get_state()[2:]]}
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict, meta: dict) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda")]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    p = meta["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+
+
+class Trainer:
+    """Subclasses set self.model and implement `loss(step, micro) -> (loss, logs, n_samples)`;
+    optionally `evaluate() -> dict`, `extra_state()` / `load_extra_state()` and
+    `model_config() -> dict` (stored beside the weights), `parameters()` for the optimizer.
+    """
+
+    name = "stage"
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path,
+                 device: str | torch.device = "cpu"):
+        self.model, self.cfg = model, cfg
+        self.out_dir = Path(out_dir)
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        if cfg.grad_checkpointing and hasattr(model, "grad_checkpointing"):
+            model.grad_checkpointing = True
+        self.opt = self.make_optimizer()
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.step = 0
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ hooks
+
+    def parameters(self):
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def make_optimizer(self):
+        decay, no_decay = [], []
+        for p in self.parameters():
+            (decay if p.dim() >= 2 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas)
+
+    def loss(self, step: int, micro: int):
+        raise NotImplementedError
+
+    def evaluate(self) -> dict:
+        return {}
+
+    def model_config(self) -> dict:
+        return {}
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self) -> Path:
+        opt_t, opt_m = ckpt.optimizer_to_flat(self.opt)
+        rng_t, rng_m = rng_state()
+        state = {"step": self.step, "optimizer": opt_m, "rng": rng_m,
+                 "scaler": self.scaler.state_dict(), "extra": self.extra_state(),
+                 "train_config": asdict(self.cfg), "history": self.history}
+        files = {"model.safetensors": self.model.state_dict(),
+                 "config.json": self.model_config(),
+                 "optimizer.safetensors": opt_t,
+                 "rng.safetensors": rng_t,
+                 "state.json": state}
+        return ckpt.save_training_checkpoint(self.out_dir / "checkpoints", self.step, files,
+                                             keep=self.cfg.keep)
+
+    def try_resume(self) -> bool:
+        d = ckpt.latest_checkpoint(self.out_dir / "checkpoints")
+        if d is None:
+            return False
+        ckpt.load_model_state(self.model, d / "model.safetensors")
+        state = ckpt.load_json(d / "state.json")
+        ckpt.optimizer_from_flat(self.opt, ckpt.load_tensors(d / "optimizer.safetensors"),
+                                 state["optimizer"])
+        set_rng_state(ckpt.load_tensors(d / "rng.safetensors"), state["rng"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.load_extra_state(state.get("extra", {}))
+        self.history = state.get("history", [])
+        self.step = int(state["step"])
+        return True
+
+    def export(self) -> None:
+        """Final weights + config for inference (atomic)."""
+        ckpt.save_tensors(self.out_dir / "model.safetensors", self.model.state_dict())
+        ckpt.atomic_write_json(self.out_dir / "config.json", self.model_config())
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self, stop_at: int | None = None, resume: bool = True) -> list[dict]:
+        """Train to cfg.steps (or stop after step `stop_at`, checkpointing, as if killed)."""
+        cfg = self.cfg
+        if resume and self.try_resume():
+            print(f"[{self.name}] resumed at step {self.step}")
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.name, disable=not cfg.progress,
+                   dynamic_ncols=True, leave=True)
+        t_last, seen = time.perf_counter(), 0
+        while self.step < cfg.steps:
+            self.model.train()
+            lr = cosine_lr(self.step, cfg)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            self.opt.zero_grad(set_to_none=True)
+            logs_acc: dict = {}
+            for micro in range(cfg.grad_accum):
+                with torch.autocast(self.device.type, dtype=self.amp_dtype,
+                                    enabled=self.amp_dtype is not None):
+                    loss, logs, n = self.loss(self.step, micro)
+                self.scaler.scale(loss / cfg.grad_accum).backward()
+                seen += n
+                for k, v in logs.items():
+                    logs_acc[k] = logs_acc.get(k, 0.0) + float(v) / cfg.grad_accum
+            if cfg.clip > 0:
+                self.scaler.unscale_(self.opt)
+                torch.nn.utils.clip_grad_norm_(self.parameters(), cfg.clip)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.step += 1
+            self.after_step(self.step)
+            now = time.perf_counter()
+            if now - t_last > 1.0 or self.step == cfg.steps:
+                bar.set_postfix({**{k: f"{v:.3g}" for k, v in logs_acc.items()},
+                                 "lr": f"{lr:.2g}", "samples/s": f"{seen / (now - t_last):.0f}"})
+                t_last, seen = now, 0
+            bar.update(1)
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                self._log_eval()
+            if stop_at is not None and self.step >= stop_at:
+                self.save()
+                bar.close()
+                return self.history
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                self.save()
+        bar.close()
+        self._log_eval()
+        self.save()
+        self.export()
+        return self.history
+
+    def _log_eval(self) -> None:
+        self.model.eval()
+        with torch.no_grad():
+            res = {"step": self.step, **self.evaluate()}
+        self.model.train()
+        self.history.append(res)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "eval.jsonl", "a") as f:
+            f.write(json.dumps(res) + "\n")
+        if self.cfg.progress:
+            tqdm.write(f"[{self.name}] eval {json.dumps(res)}")
