@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -180,8 +181,10 @@ class Trainer:
         cfg = self.cfg
         if resume and self.try_resume():
             print(f"[{self.name}] resumed at step {self.step}")
+        # redirected to a file, a bar redraw is a line: redraw rarely there
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.name, disable=not cfg.progress,
-                   dynamic_ncols=True, leave=True)
+                   dynamic_ncols=True, leave=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
         t_last, seen = time.perf_counter(), 0
         while self.step < cfg.steps:
             self.model.train()
