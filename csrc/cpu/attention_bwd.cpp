@@ -40,15 +40,18 @@ struct Scratch {
         acc2(size_t(bs) * Dp), lse(bs), delta(bs) {}
 };
 
-// P and dS of one (query tile, key tile) pair; expects Q, dO, Kt, Vt, lse, delta loaded.
-void pair_grads(Scratch& s, int bs, int Dp, float scale, const uint64_t* rm, int words) {
-  std::fill(s.S.begin(), s.S.end(), 0.f);
-  gemm_nn(bs, bs, Dp, s.Q.data(), Dp, s.Kt.data(), bs, s.S.data(), bs);
-  for (float& x : s.S) x *= scale;
-  probs_from_lse(s.S.data(), bs, bs, rm, words, s.lse.data());
-  std::fill(s.dP.begin(), s.dP.end(), 0.f);
-  gemm_nn(bs, bs, Dp, s.dO.data(), Dp, s.Vt.data(), bs, s.dP.data(), bs);
-  dscores(s.dP.data(), s.S.data(), bs, bs, s.delta.data());
+// P [mq x mk] and dS of one (query tile, key tile) pair, packed with leading dim mk; expects
+// Q, dO, Kt, Vt (leading dim bs), lse and delta loaded.
+void pair_grads(Scratch& s, int bs, int mq, int mk, int Dp, float scale, const uint64_t* rm,
+                int words) {
+  const size_t n = size_t(mq) * mk;
+  std::fill(s.S.begin(), s.S.begin() + n, 0.f);
+  gemm_nn(mq, mk, Dp, s.Q.data(), Dp, s.Kt.data(), bs, s.S.data(), mk);
+  for (size_t i = 0; i < n; ++i) s.S[i] *= scale;
+  probs_from_lse(s.S.data(), mq, mk, rm, words, s.lse.data());
+  std::fill(s.dP.begin(), s.dP.begin() + n, 0.f);
+  gemm_nn(mq, mk, Dp, s.dO.data(), Dp, s.Vt.data(), bs, s.dP.data(), mk);
+  dscores(s.dP.data(), s.S.data(), mq, mk, s.delta.data());
 }
 
 template <typename T>
@@ -89,8 +92,9 @@ void dq_pass(const AttnParams& p) {
                   Dp, false);
         load_tile(s.Vt.data(), bs, slice<const T>(p.v, p.v_s, b, h), p.v_s[2], ls, kb * bs, bs,
                   D, Dp, true);
-        pair_grads(s, bs, Dp, p.scale, rm, ls.mask_words);
-        gemm_nn(bs, Dp, bs, s.dP.data(), bs, s.K.data(), Dp, s.acc.data(), Dp);  // dQ += dS K
+        const int mq = valid16(ls, qb), mk = valid16(ls, kb);
+        pair_grads(s, bs, mq, mk, Dp, p.scale, rm, ls.mask_words);
+        gemm_nn(mq, Dp, mk, s.dP.data(), mk, s.K.data(), Dp, s.acc.data(), Dp);  // dQ += dS K
       }
       store_tile(slice<T>(p.dq, p.dq_s, b, h), p.dq_s[2], s.acc.data(), Dp, ls, qb * bs, bs, D,
                  p.scale);
@@ -121,9 +125,10 @@ void dkdv_pass(const AttnParams& p) {
         const int qb = ls.k_q[e];
         const uint64_t* rm = tile_rowmask(s.mask, ls, ls.k_mask[e], kb, tv);
         load_query_side<T>(s, p, b, h, qb);
-        pair_grads(s, bs, Dp, p.scale, rm, ls.mask_words);
-        gemm_tn(bs, Dp, bs, s.S.data(), bs, s.dO.data(), Dp, s.acc2.data(), Dp);  // dV += P^T dO
-        gemm_tn(bs, Dp, bs, s.dP.data(), bs, s.Q.data(), Dp, s.acc.data(), Dp);   // dK += dS^T Q
+        const int mq = valid16(ls, qb), mk = valid16(ls, kb);
+        pair_grads(s, bs, mq, mk, Dp, p.scale, rm, ls.mask_words);
+        gemm_tn(mk, Dp, mq, s.S.data(), mk, s.dO.data(), Dp, s.acc2.data(), Dp);  // dV += P^T dO
+        gemm_tn(mk, Dp, mq, s.dP.data(), mk, s.Q.data(), Dp, s.acc.data(), Dp);   // dK += dS^T Q
       }
       store_tile(slice<T>(p.dk, p.dk_s, b, h), p.dk_s[2], s.acc.data(), Dp, ls, kb * bs, bs, D,
                  p.scale);

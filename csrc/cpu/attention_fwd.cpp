@@ -36,15 +36,18 @@ void fwd_impl(const AttnParams& p) {
       std::fill(O.begin(), O.end(), 0.f);
       std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
       std::fill(l.begin(), l.end(), 0.f);
+      // Only the rows / columns inside the sequence, rounded up to the microkernel's 16: a short
+      // sequence in one 64-wide tile does not pay for the whole tile.
+      const int mq = valid16(ls, qb);
       for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
-        const int kb = ls.q_kv[e];
+        const int kb = ls.q_kv[e], mk = valid16(ls, kb);
         const uint64_t* rm = tile_rowmask(maskbuf, ls, ls.q_mask[e], kb, tv);
         load_tile(Kt.data(), bs, kbase, p.k_s[2], ls, kb * bs, bs, D, Dp, true);
         load_tile(V.data(), Dp, vbase, p.v_s[2], ls, kb * bs, bs, D, Dp, false);
-        std::fill(S.begin(), S.end(), 0.f);
-        gemm_nn(bs, bs, Dp, Q.data(), Dp, Kt.data(), bs, S.data(), bs);
-        softmax_step(S.data(), bs, bs, rm, ls.mask_words, m.data(), l.data(), O.data(), Dp);
-        gemm_nn(bs, Dp, bs, S.data(), bs, V.data(), Dp, O.data(), Dp);
+        std::fill(S.begin(), S.begin() + size_t(mq) * mk, 0.f);
+        gemm_nn(mq, mk, Dp, Q.data(), Dp, Kt.data(), bs, S.data(), mk);
+        softmax_step(S.data(), mq, mk, rm, ls.mask_words, m.data(), l.data(), O.data(), Dp);
+        gemm_nn(mq, Dp, mk, S.data(), mk, V.data(), Dp, O.data(), Dp);
       }
       float* lse = p.lse + (int64_t(b) * p.heads + h) * L;
       for (int r = 0; r < bs && qb * bs + r < L; ++r) {

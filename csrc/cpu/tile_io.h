@@ -12,6 +12,13 @@ namespace vilg::cpu {
 
 inline int round16(int x) { return (x + 15) / 16 * 16; }
 
+// Rows (or columns) of tile t inside the sequence, rounded up to 16. Padding rows load as zeros
+// and padding columns are masked (full tiles lie wholly inside), so the rounding is harmless.
+inline int valid16(const BlockSparse& ls, int t) {
+  const int n = ls.seq_len - t * ls.block;
+  return round16(n < ls.block ? n : ls.block);
+}
+
 // Rows p0 .. p0+bs-1 (kernel order) of a [L, D] slice into dst [bs x ld], or transposed into
 // dst [D x ld]. Rows past L and columns past D are zero.
 template <typename T>
