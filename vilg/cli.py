@@ -12,18 +12,21 @@ DEFAULT_RUN = "runs/demo"
 
 def _threads(n: int) -> None:
     import torch
+
     # small models on few cores: one thread avoids spin-waiting when the machine is shared
     torch.set_num_threads(max(1, n))
 
 
 def _pipeline(args):
     from vilg.generate import Pipeline
+
     e2e = {"auto": None, "yes": True, "no": False}[args.end_to_end]
     return Pipeline.load(args.run, device=args.device, end_to_end=e2e)
 
 
 def cmd_demo(args) -> int:
     from vilg.demo import run_demo
+
     run_demo(args.out, preset=args.preset, device=args.device, seed=args.seed)
     return 0
 
@@ -31,31 +34,51 @@ def cmd_demo(args) -> int:
 def cmd_train(args) -> int:
     from vilg.train.presets import get_preset
     from vilg.train.run import train_run
+
     preset = get_preset(args.preset, args.set)
     stages = args.stages.split(",")
-    t = train_run(preset, args.out, data=args.data, device=args.device, seed=args.seed,
-                  stages=stages)
+    t = train_run(
+        preset, args.out, data=args.data, device=args.device, seed=args.seed, stages=stages
+    )
     print(json.dumps({"timings_s": t}, indent=2))
     return 0
 
 
 def cmd_generate(args) -> int:
     from vilg.generate import save_grid
+
     pipe = _pipeline(args)
-    out = pipe.generate([args.prompt], n=args.n, temperature=args.temperature,
-                        top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg, seed=args.seed)
+    out = pipe.generate(
+        [args.prompt],
+        n=args.n,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        cfg_scale=args.cfg,
+        seed=args.seed,
+    )
     o = Path(args.output)
     o.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
     from vilg.generate import to_uint8
+
     arr = to_uint8(out["images"][0])
     for k in range(args.n):
         Image.fromarray(arr[k]).save(o / f"sample_{k:02d}.png")
     save_grid(out["images"][0], o / "grid.png", nrow=min(8, args.n), scale=4)
     scores = [round(float(s), 4) for s in out["scores"][0]]
-    print(json.dumps({"prompt": args.prompt, "dir": str(o), "matcher_scores": scores,
-                      "reranked": pipe.matcher is not None}, ensure_ascii=False))
+    print(
+        json.dumps(
+            {
+                "prompt": args.prompt,
+                "dir": str(o),
+                "matcher_scores": scores,
+                "reranked": pipe.matcher is not None,
+            },
+            ensure_ascii=False,
+        )
+    )
     return 0
 
 
@@ -77,11 +100,16 @@ def cmd_ask(args) -> int:
 def cmd_eval(args) -> int:
     from vilg.eval.evaluate import evaluate
     from vilg.train.checkpoint import atomic_write_json
+
     pipe = _pipeline(args)
-    res = evaluate(pipe, n_prompts=args.prompts, n_samples=args.samples,
-                   n_caption=args.captions, seed=args.seed,
-                   sample_kw={"temperature": args.temperature, "top_k": args.top_k,
-                              "cfg_scale": args.cfg})
+    res = evaluate(
+        pipe,
+        n_prompts=args.prompts,
+        n_samples=args.samples,
+        n_caption=args.captions,
+        seed=args.seed,
+        sample_kw={"temperature": args.temperature, "top_k": args.top_k, "cfg_scale": args.cfg},
+    )
     out = Path(args.output or Path(args.run) / "eval.json")
     atomic_write_json(out, res)
     print(f"wrote {out}")
@@ -90,25 +118,32 @@ def cmd_eval(args) -> int:
 
 def cmd_info(args) -> int:
     import vilg
+
     info = vilg.build_info() if hasattr(vilg, "build_info") else {"build_info": "unavailable"}
     print(json.dumps(info, indent=2, default=str) if isinstance(info, dict) else info)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vilg", description="ERNIE-ViLG style bidirectional "
-                                "text<->image generation")
+    p = argparse.ArgumentParser(
+        prog="vilg", description="ERNIE-ViLG style bidirectional text<->image generation"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def run_opts(sp):
         sp.add_argument("--run", default=DEFAULT_RUN, help="trained run directory")
         sp.add_argument("--device", default="cpu")
-        sp.add_argument("--end-to-end", default="auto", choices=["auto", "yes", "no"],
-                        help="use the end-to-end generator + decoder")
+        sp.add_argument(
+            "--end-to-end",
+            default="auto",
+            choices=["auto", "yes", "no"],
+            help="use the end-to-end generator + decoder",
+        )
 
-    sp = sub.add_parser("demo", help="train everything on the built-in shapes data, then "
-                        "write a gallery")
+    sp = sub.add_parser(
+        "demo", help="train everything on the built-in shapes data, then write a gallery"
+    )
     sp.add_argument("--out", default=DEFAULT_RUN)
     sp.add_argument("--preset", default="demo")
     sp.add_argument("--device", default="cpu")
@@ -118,12 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("train", help="train the stages of a run")
     sp.add_argument("--preset", default="demo", help="tiny | demo | long | real")
     sp.add_argument("--out", default="runs/train")
-    sp.add_argument("--data", default=None, help="image folder with metadata.jsonl, or tar "
-                    "shards glob; default: built-in shapes")
-    sp.add_argument("--stages", default="vq,matcher,generator",
-                    help="comma list of vq,matcher,generator,end2end")
-    sp.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                    help="override a preset entry, e.g. generator.train.steps=5000")
+    sp.add_argument(
+        "--data",
+        default=None,
+        help="image folder with metadata.jsonl, or tar shards glob; default: built-in shapes",
+    )
+    sp.add_argument(
+        "--stages",
+        default="vq,matcher,generator",
+        help="comma list of vq,matcher,generator,end2end",
+    )
+    sp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="STAGE.KEY=VALUE",
+        help="override a preset entry, e.g. generator.train.steps=5000",
+    )
     sp.add_argument("--device", default="cpu")
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(fn=cmd_train)
@@ -174,6 +220,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from vilg.data.text_tokenizer import PromptError
     from vilg.train.checkpoint import CheckpointError
+
     try:
         _threads(args.threads)
         return args.fn(args)

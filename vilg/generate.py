@@ -31,10 +31,14 @@ def load_model(folder: Path, kind: str):
     folder = Path(folder)
     conf = ckpt.load_json(folder / "config.json")
     if conf.get("kind") != kind:
-        raise ckpt.CheckpointError(f"{folder} holds a {conf.get('kind')!r} model, "
-                                   f"expected {kind!r}")
-    cls, ccls = {"vqgan": (VQGAN, VQConfig), "generator": (UnifiedTransformer, GPTConfig),
-                 "matcher": (Matcher, MatcherConfig)}[kind]
+        raise ckpt.CheckpointError(
+            f"{folder} holds a {conf.get('kind')!r} model, expected {kind!r}"
+        )
+    cls, ccls = {
+        "vqgan": (VQGAN, VQConfig),
+        "generator": (UnifiedTransformer, GPTConfig),
+        "matcher": (Matcher, MatcherConfig),
+    }[kind]
     try:
         model = cls(_cfg(conf, ccls))
     except (TypeError, ValueError) as e:
@@ -44,8 +48,15 @@ def load_model(folder: Path, kind: str):
 
 
 class Pipeline:
-    def __init__(self, tok: TextTokenizer, vq: VQGAN, gen: UnifiedTransformer,
-                 matcher: Matcher | None = None, device="cpu", end_to_end: bool = False):
+    def __init__(
+        self,
+        tok: TextTokenizer,
+        vq: VQGAN,
+        gen: UnifiedTransformer,
+        matcher: Matcher | None = None,
+        device="cpu",
+        end_to_end: bool = False,
+    ):
         self.tok, self.vq, self.gen, self.matcher = tok, vq, gen, matcher
         self.device = torch.device(device)
         self.end_to_end = end_to_end
@@ -54,12 +65,16 @@ class Pipeline:
                 m.to(self.device).eval()
         g, v = gen.cfg, vq.cfg
         if g.text_vocab != tok.vocab_size:
-            raise ckpt.CheckpointError(f"generator text vocabulary ({g.text_vocab}) does not "
-                                       f"match the tokenizer ({tok.vocab_size})")
+            raise ckpt.CheckpointError(
+                f"generator text vocabulary ({g.text_vocab}) does not "
+                f"match the tokenizer ({tok.vocab_size})"
+            )
         if g.image_vocab != v.codebook_size or tuple(g.grid) != tuple(v.grid):
-            raise ckpt.CheckpointError("generator and image tokenizer are incompatible "
-                                       f"(codes {g.image_vocab} vs {v.codebook_size}, grid "
-                                       f"{tuple(g.grid)} vs {tuple(v.grid)})")
+            raise ckpt.CheckpointError(
+                "generator and image tokenizer are incompatible "
+                f"(codes {g.image_vocab} vs {v.codebook_size}, grid "
+                f"{tuple(g.grid)} vs {tuple(v.grid)})"
+            )
         if end_to_end and gen.z_head is None:
             raise ckpt.CheckpointError("this generator has no end-to-end head")
 
@@ -67,8 +82,9 @@ class Pipeline:
     def load(cls, run_dir: str | Path, device="cpu", end_to_end: bool | None = None):
         run = Path(run_dir)
         if not run.is_dir():
-            raise FileNotFoundError(f"no trained run at {run} (train one with `vilg demo` or "
-                                    "`vilg train`)")
+            raise FileNotFoundError(
+                f"no trained run at {run} (train one with `vilg demo` or `vilg train`)"
+            )
         tok_path = run / "tokenizer.json"
         if not tok_path.exists():
             raise ckpt.CheckpointError(f"{run} has no tokenizer.json")
@@ -76,13 +92,17 @@ class Pipeline:
         vq = load_model(run / "tokenizer", "vqgan")
         e2e_dir = run / "end2end"
         if end_to_end is None:
-            end_to_end = (e2e_dir / "model.safetensors").exists() and \
-                not (run / "generator" / "model.safetensors").exists()
+            end_to_end = (e2e_dir / "model.safetensors").exists() and not (
+                run / "generator" / "model.safetensors"
+            ).exists()
         gen = load_model(e2e_dir if end_to_end else run / "generator", "generator")
         if end_to_end and (e2e_dir / "decoder.safetensors").exists():
             vq.decoder.load_state_dict(ckpt.load_tensors(e2e_dir / "decoder.safetensors"))
-        matcher = load_model(run / "matcher", "matcher") \
-            if (run / "matcher" / "config.json").exists() else None
+        matcher = (
+            load_model(run / "matcher", "matcher")
+            if (run / "matcher" / "config.json").exists()
+            else None
+        )
         return cls(tok, vq, gen, matcher, device, end_to_end)
 
     # ------------------------------------------------------------------ text -> image
@@ -91,14 +111,22 @@ class Pipeline:
         ids = self.tok.encode(text, strict=True)
         limit = self.gen.cfg.text_len - 1
         if len(ids) > limit:
-            raise PromptError(f"prompt is {len(ids)} tokens long; this model takes at most "
-                              f"{limit}")
+            raise PromptError(f"prompt is {len(ids)} tokens long; this model takes at most {limit}")
         return ids
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int = 4, *, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, cfg_scale: float = 1.0, seed: int = 0,
-                 rerank: bool = True) -> dict:
+    def generate(
+        self,
+        prompts: list[str],
+        n: int = 4,
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        cfg_scale: float = 1.0,
+        seed: int = 0,
+        rerank: bool = True,
+    ) -> dict:
         """Returns images [P, n, 3, S, S] (reranked best-first when a matcher exists),
         codes [P, n, H*W] and matcher scores [P, n]."""
         ids = [self.encode_prompt(p) for p in prompts]
@@ -121,9 +149,16 @@ class Pipeline:
                 h = m.step(T2I, tok_in, T + j, T, caches, lens)
             hidden.append(h[:half])
             logits = m.image_logits(h).float()
-            c = ops.sample(logits[:half], uncond=logits[half:] if guided else None,
-                           cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
-                           top_p=top_p, seed=seed, offset=j)
+            c = ops.sample(
+                logits[:half],
+                uncond=logits[half:] if guided else None,
+                cfg_scale=cfg_scale,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                seed=seed,
+                offset=j,
+            )
             codes.append(c)
         codes = torch.stack(codes, 1)
         if self.end_to_end:
@@ -149,6 +184,7 @@ class Pipeline:
 
     def load_image(self, path: str | Path) -> torch.Tensor:
         from PIL import Image, UnidentifiedImageError
+
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no such image: {path}")
@@ -170,8 +206,9 @@ class Pipeline:
         N, T = m.cfg.n_image, m.cfg.text_len
         prefix = [self.tok.bos_id] + prompt
         if len(prefix) >= T:
-            raise PromptError(f"question is too long for this model ({len(prefix)} tokens, "
-                              f"max {T - 1})")
+            raise PromptError(
+                f"question is too long for this model ({len(prefix)} tokens, max {T - 1})"
+            )
         B, k = codes.shape[0], beam
         codes = codes.repeat_interleave(k, 0)
         text = torch.tensor([prefix] * (B * k), device=dev)
@@ -227,6 +264,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 2) -> None:
     """images [K, 3, S, S] -> PNG grid (nearest upscaled by `scale`)."""
     from PIL import Image
+
     arr = to_uint8(images)
     K, S = arr.shape[0], arr.shape[1]
     ncol = min(nrow, K)
@@ -234,7 +272,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int 
     grid = np.full((nr * (S + 2), ncol * (S + 2), 3), 40, dtype=np.uint8)
     for i in range(K):
         r, c = divmod(i, ncol)
-        grid[r * (S + 2) + 1: r * (S + 2) + 1 + S, c * (S + 2) + 1: c * (S + 2) + 1 + S] = arr[i]
+        grid[r * (S + 2) + 1 : r * (S + 2) + 1 + S, c * (S + 2) + 1 : c * (S + 2) + 1 + S] = arr[i]
     im = Image.fromarray(grid)
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)

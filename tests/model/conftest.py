@@ -9,6 +9,7 @@ def tiny_run(tmp_path_factory):
     """A run directory trained with the `tiny` preset (a few seconds)."""
     from vilg.train.presets import get_preset
     from vilg.train.run import train_run
+
     out = tmp_path_factory.mktemp("run")
     train_run(get_preset("tiny"), out, progress=False, log=lambda *a: None)
     return out

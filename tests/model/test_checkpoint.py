@@ -45,12 +45,23 @@ def setup():
 def _gen_trainer(setup, out):
     train, val, tok, vq = setup
     torch.manual_seed(1)
-    gen = UnifiedTransformer(GPTConfig(text_vocab=tok.vocab_size, image_vocab=32, text_len=48,
-                                       n_layer=2, n_head=2, n_embd=32, dropout=0.1))
-    cfg = TrainConfig(steps=8, batch_size=6, lr=3e-3, warmup=2, ckpt_every=3, progress=False,
-                      weight_decay=0.01)
-    return GeneratorTrainer(gen, cfg, out, train, encode_pool(vq, train, "cpu"), val,
-                            encode_pool(vq, val, "cpu"), tok)
+    gen = UnifiedTransformer(
+        GPTConfig(
+            text_vocab=tok.vocab_size,
+            image_vocab=32,
+            text_len=48,
+            n_layer=2,
+            n_head=2,
+            n_embd=32,
+            dropout=0.1,
+        )
+    )
+    cfg = TrainConfig(
+        steps=8, batch_size=6, lr=3e-3, warmup=2, ckpt_every=3, progress=False, weight_decay=0.01
+    )
+    return GeneratorTrainer(
+        gen, cfg, out, train, encode_pool(vq, train, "cpu"), val, encode_pool(vq, val, "cpu"), tok
+    )
 
 
 def _assert_same(a: dict, b: dict):
@@ -81,10 +92,17 @@ def test_vq_resume_is_bit_exact(setup, tmp_path):
 
     def make(out):
         torch.manual_seed(3)
-        vq = VQGAN(VQConfig(image_size=48, patch=16, channels=(32,), codebook_size=32,
-                            code_dim=8, dead_after=0.2))
-        cfg = TrainConfig(steps=6, batch_size=8, lr=3e-3, warmup=1, ckpt_every=0,
-                          progress=False)
+        vq = VQGAN(
+            VQConfig(
+                image_size=48,
+                patch=16,
+                channels=(32,),
+                codebook_size=32,
+                code_dim=8,
+                dead_after=0.2,
+            )
+        )
+        cfg = TrainConfig(steps=6, batch_size=8, lr=3e-3, warmup=1, ckpt_every=0, progress=False)
         return VQTrainer(vq, cfg, out, train, val)
 
     a = make(tmp_path / "a")

@@ -16,10 +16,12 @@ def test_detector_is_exact_on_ground_truth(side):
 
 def test_detector_catches_each_kind_of_error():
     s = (Obj(0, 0, 0, 0), Obj(4, 1, 2, 1))
-    wrong = {"shape": (Obj(0, 3, 0, 0), Obj(4, 1, 2, 1)),
-             "color": (Obj(0, 0, 5, 0), Obj(4, 1, 2, 1)),
-             "size": (Obj(0, 0, 0, 1), Obj(4, 1, 2, 1)),
-             "cell": (Obj(1, 0, 0, 0), Obj(4, 1, 2, 1))}
+    wrong = {
+        "shape": (Obj(0, 3, 0, 0), Obj(4, 1, 2, 1)),
+        "color": (Obj(0, 0, 5, 0), Obj(4, 1, 2, 1)),
+        "size": (Obj(0, 0, 0, 1), Obj(4, 1, 2, 1)),
+        "cell": (Obj(1, 0, 0, 0), Obj(4, 1, 2, 1)),
+    }
     for attr, w in wrong.items():
         r = score(render(w, 64), s)
         assert not r["correct"]

@@ -7,8 +7,9 @@ from vilg.train.run import train_run
 
 def test_end_to_end_stage_trains_and_generates(tmp_path):
     preset = get_preset("tiny", ["generator.train.steps=4"])
-    train_run(preset, tmp_path, stages=("vq", "generator", "end2end"), progress=False,
-              log=lambda *a: None)
+    train_run(
+        preset, tmp_path, stages=("vq", "generator", "end2end"), progress=False, log=lambda *a: None
+    )
     assert (tmp_path / "end2end" / "decoder.safetensors").exists()
     hist = [line for line in (tmp_path / "end2end" / "eval.jsonl").read_text().splitlines()]
     assert hist
@@ -24,10 +25,14 @@ def test_end_to_end_stage_trains_and_generates(tmp_path):
 def test_end_to_end_reconstruction_gradient_reaches_generator():
     from vilg.model.transformer import GPTConfig, UnifiedTransformer
     from vilg.model.vqgan import VQGAN, VQConfig
+
     torch.manual_seed(0)
     vq = VQGAN(VQConfig(image_size=48, patch=16, channels=(16,), codebook_size=8, code_dim=4))
-    gen = UnifiedTransformer(GPTConfig(text_vocab=20, image_vocab=8, text_len=6, n_layer=2,
-                                       n_head=2, n_embd=16, code_dim=4))
+    gen = UnifiedTransformer(
+        GPTConfig(
+            text_vocab=20, image_vocab=8, text_len=6, n_layer=2, n_head=2, n_embd=16, code_dim=4
+        )
+    )
     text = torch.randint(5, 20, (2, 5))
     h = gen("text2image", text, torch.randint(0, 8, (2, 9)))
     z = gen.z_head(h[:, 5:]).transpose(1, 2).reshape(2, 4, 3, 3)

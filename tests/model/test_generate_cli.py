@@ -37,8 +37,12 @@ def test_bad_prompts_raise_prompt_error(pipe):
 
 
 def test_caption_greedy_equals_beam_one_and_vqa_runs(pipe):
-    x = torch.from_numpy(np.stack([render(sample_scene("test", 0, i)[0], 48)
-                                   for i in range(3)])).permute(0, 3, 1, 2).float() / 255
+    x = (
+        torch.from_numpy(np.stack([render(sample_scene("test", 0, i)[0], 48) for i in range(3)]))
+        .permute(0, 3, 1, 2)
+        .float()
+        / 255
+    )
     g = pipe.caption(x, "en")
     assert g == pipe.caption(x, "en", beam=1) and len(g) == 3
     assert len(pipe.caption(x, "zh", beam=3)) == 3
@@ -68,6 +72,7 @@ def test_cli_commands_and_clear_errors(tiny_run, tmp_path, capsys):
 
 def test_incompatible_checkpoint_is_reported(tiny_run, tmp_path, capsys):
     import shutil
+
     bad = tmp_path / "run"
     shutil.copytree(tiny_run, bad)
     conf = json.loads((bad / "generator" / "config.json").read_text())
@@ -79,8 +84,24 @@ def test_incompatible_checkpoint_is_reported(tiny_run, tmp_path, capsys):
 
 def test_eval_writes_json(tiny_run, tmp_path):
     out = tmp_path / "e.json"
-    assert main(["eval", "--run", str(tiny_run), "-o", str(out), "--prompts", "2",
-                 "--samples", "2", "--captions", "5"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--run",
+                str(tiny_run),
+                "-o",
+                str(out),
+                "--prompts",
+                "2",
+                "--samples",
+                "2",
+                "--captions",
+                "5",
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     for lang in ("en", "zh"):
         t = res[lang]["text2image"]

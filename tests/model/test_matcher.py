@@ -21,8 +21,11 @@ def test_hard_negatives_change_exactly_one_attribute():
 
 def test_matcher_loss_and_scores():
     torch.manual_seed(0)
-    m = Matcher(MatcherConfig(image_size=48, text_vocab=50, text_len=12, dim=16, embed_dim=16,
-                              text_layers=1, heads=2))
+    m = Matcher(
+        MatcherConfig(
+            image_size=48, text_vocab=50, text_len=12, dim=16, embed_dim=16, text_layers=1, heads=2
+        )
+    )
     x = torch.rand(4, 3, 48, 48)
     ids = torch.randint(5, 50, (4, 10))
     lens = torch.tensor([10, 7, 5, 3])

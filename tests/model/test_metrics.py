@@ -17,10 +17,15 @@ def test_bleu_identity_and_hand_example():
 
 
 def test_cider_prefers_right_captions():
-    refs = [["a red circle at the top"], ["a blue square at the left"],
-            ["a green diamond at the center"]]
+    refs = [
+        ["a red circle at the top"],
+        ["a blue square at the left"],
+        ["a green diamond at the center"],
+    ]
     good = cider_d([r[0] for r in refs], refs)
-    bad = cider_d(["a red square at the left", "a blue circle at the top",
-                   "a green diamond at the center"], refs)
+    bad = cider_d(
+        ["a red square at the left", "a blue circle at the top", "a green diamond at the center"],
+        refs,
+    )
     assert good > bad > 0
     assert abs(good - 10.0) < 1e-9  # identical captions: every n-gram cosine is 1

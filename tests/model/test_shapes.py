@@ -7,8 +7,9 @@ from vilg.data.shapes import Obj, ShapesDataset, caption, render, sample_scene, 
 
 def test_spec_caption_examples():
     scene = (Obj(0, 0, 0, 0), Obj(4, 1, 2, 1))  # large red circle TL, small blue square center
-    assert caption(scene, "en") == ("a large red circle at the top left and a small blue "
-                                    "square at the center")
+    assert caption(scene, "en") == (
+        "a large red circle at the top left and a small blue square at the center"
+    )
     assert caption(scene, "zh") == "左上方有一个大的红色圆形,中间有一个小的蓝色正方形"
 
 
@@ -63,8 +64,12 @@ def test_questions_have_correct_answers():
         q, a = shapes.question(s, "count", "en", rng)
         assert a == shapes.COUNTS[len(s) - 1]
         q, a = shapes.question(s, "exists", "zh", rng)
-        color, shape = next((c, k) for c in range(8) for k in range(4)
-                            if f"{shapes.COLORS_ZH[c]}的{shapes.SHAPES_ZH[k]}" in q)
+        color, shape = next(
+            (c, k)
+            for c in range(8)
+            for k in range(4)
+            if f"{shapes.COLORS_ZH[c]}的{shapes.SHAPES_ZH[k]}" in q
+        )
         present = any(o.color == color and o.shape == shape for o in s)
         assert a == ("有" if present else "没有")
         q, a = shapes.question(s, "shape", "en", rng)

@@ -7,14 +7,20 @@ from vilg.model.transformer import I2T, T2I, GPTConfig, UnifiedTransformer
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return UnifiedTransformer(GPTConfig(text_vocab=30, image_vocab=12, text_len=10,
-                                        grid=(3, 3), n_layer=4, n_head=2, n_embd=32)).eval()
+    return UnifiedTransformer(
+        GPTConfig(
+            text_vocab=30, image_vocab=12, text_len=10, grid=(3, 3), n_layer=4, n_head=2, n_embd=32
+        )
+    ).eval()
 
 
 def _inputs(B=2, T=7):
     g = torch.Generator().manual_seed(1)
-    return (torch.randint(5, 30, (B, T), generator=g), torch.randint(0, 12, (B, 9), generator=g),
-            torch.tensor([T, T - 3]))
+    return (
+        torch.randint(5, 30, (B, T), generator=g),
+        torch.randint(0, 12, (B, 9), generator=g),
+        torch.tensor([T, T - 3]),
+    )
 
 
 def test_text2image_is_causal_over_image_and_ignores_padding(model):
@@ -24,8 +30,8 @@ def test_text2image_is_causal_over_image_and_ignores_padding(model):
     img2[:, 5:] = (img2[:, 5:] + 1) % 12
     h2 = model(T2I, text, img2, lens)
     T = text.shape[1]
-    assert torch.allclose(h[:, :T + 5], h2[:, :T + 5], atol=1e-5)
-    assert not torch.allclose(h[:, T + 5:], h2[:, T + 5:], atol=1e-5)
+    assert torch.allclose(h[:, : T + 5], h2[:, : T + 5], atol=1e-5)
+    assert not torch.allclose(h[:, T + 5 :], h2[:, T + 5 :], atol=1e-5)
     text3 = text.clone()
     text3[1, 4:] = 0  # sample 1 has 4 real tokens: its padding must not matter
     h3 = model(T2I, text3, img, lens)

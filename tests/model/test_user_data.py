@@ -17,11 +17,14 @@ def _png(color):
 def test_folder_skips_and_counts_bad_samples(tmp_path):
     (tmp_path / "a.png").write_bytes(_png(10))
     (tmp_path / "b.png").write_bytes(b"corrupt")
-    lines = [{"file_name": "a.png", "text": "a dark image"},
-             {"file_name": "b.png", "text": "corrupt file"},
-             {"file_name": "missing.png", "text": "no file"}]
+    lines = [
+        {"file_name": "a.png", "text": "a dark image"},
+        {"file_name": "b.png", "text": "corrupt file"},
+        {"file_name": "missing.png", "text": "no file"},
+    ]
     (tmp_path / "metadata.jsonl").write_text(
-        "\n".join(json.dumps(x) for x in lines) + "\n{not json\n")
+        "\n".join(json.dumps(x) for x in lines) + "\n{not json\n"
+    )
     pool = user_pool(str(tmp_path), 32)
     assert len(pool) == 1 and pool.images.shape == (1, 32, 32, 3)
     assert pool.texts["raw"] == ["a dark image"]
@@ -51,6 +54,7 @@ def test_training_run_on_a_user_folder(tmp_path):
     from vilg.generate import Pipeline
     from vilg.train.presets import get_preset
     from vilg.train.run import train_run
+
     data = tmp_path / "data"
     data.mkdir()
     rng = np.random.default_rng(0)

@@ -5,8 +5,9 @@ from vilg.model.vqgan import VQGAN, VQConfig, code_stats
 
 def _model(**kw):
     torch.manual_seed(0)
-    return VQGAN(VQConfig(image_size=48, patch=16, channels=(32,), codebook_size=16,
-                          code_dim=8, **kw))
+    return VQGAN(
+        VQConfig(image_size=48, patch=16, channels=(32,), codebook_size=16, code_dim=8, **kw)
+    )
 
 
 def test_quantizer_picks_nearest_code_and_straight_through_grads():
@@ -46,6 +47,7 @@ def test_l2_mode_and_decode_roundtrip_shapes():
 
 def test_bad_config_is_rejected():
     import pytest
+
     with pytest.raises(ValueError):
         VQConfig(image_size=50, patch=16, channels=(32,))
     with pytest.raises(ValueError):

@@ -32,8 +32,9 @@ class Pool:
     def image_tensor(self, idx) -> torch.Tensor:
         return torch.from_numpy(self.images[np.asarray(idx)]).permute(0, 3, 1, 2).float() / 255
 
-    def question(self, i: int, lang: str, rng: np.random.Generator,
-                 weights: dict | None = None) -> tuple[str, str] | None:
+    def question(
+        self, i: int, lang: str, rng: np.random.Generator, weights: dict | None = None
+    ) -> tuple[str, str] | None:
         """A random question about scene i; `weights` (kind -> probability) skews the kinds."""
         if self.scenes is None:
             return None

@@ -15,24 +15,32 @@ def pad(seqs: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
     T = max(len(s) for s in seqs)
     out = torch.full((len(seqs), T), value, dtype=torch.long)
     for i, s in enumerate(seqs):
-        out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out, torch.tensor([len(s) for s in seqs], dtype=torch.long)
 
 
-def t2i_batch(tok: TextTokenizer, texts: list[list[int]], images: torch.Tensor, boi: int,
-              drop: torch.Tensor | None = None) -> dict:
+def t2i_batch(
+    tok: TextTokenizer,
+    texts: list[list[int]],
+    images: torch.Tensor,
+    boi: int,
+    drop: torch.Tensor | None = None,
+) -> dict:
     """texts: token ids (no specials); images [B, N] code ids; drop [B] bool = caption dropout
     (text reduced to [BOS] alone: the unconditional prompt used for classifier-free guidance).
     """
-    seqs = [[tok.bos_id] + ([] if drop is not None and bool(drop[i]) else t)
-            for i, t in enumerate(texts)]
+    seqs = [
+        [tok.bos_id] + ([] if drop is not None and bool(drop[i]) else t)
+        for i, t in enumerate(texts)
+    ]
     text, lens = pad(seqs, tok.pad_id)
     img_in = torch.cat([torch.full_like(images[:, :1], boi), images[:, :-1]], dim=1)
     return {"text": text, "text_lens": lens, "image_in": img_in, "target": images}
 
 
-def i2t_batch(tok: TextTokenizer, prompts: list[list[int]], answers: list[list[int]],
-              images: torch.Tensor) -> dict:
+def i2t_batch(
+    tok: TextTokenizer, prompts: list[list[int]], answers: list[list[int]], images: torch.Tensor
+) -> dict:
     """Sequence [BOS] prompt answer [EOS]; loss only on answer + EOS.
 
     Captioning: empty prompt. VQA: prompt = question + [SEP].
@@ -42,5 +50,5 @@ def i2t_batch(tok: TextTokenizer, prompts: list[list[int]], answers: list[list[i
     tgt, _ = pad([s[1:] for s in full], tok.pad_id)
     mask = torch.zeros_like(tgt, dtype=torch.bool)
     for i, p in enumerate(prompts):
-        mask[i, len(p):lens[i]] = True
+        mask[i, len(p) : lens[i]] = True
     return {"text": inp, "text_lens": lens, "image": images, "target": tgt, "mask": mask}

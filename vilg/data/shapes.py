@@ -18,12 +18,31 @@ SHAPES_ZH = ["圆形", "正方形", "三角形", "菱形"]
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "cyan", "white"]
 COLORS_ZH = ["红色", "绿色", "蓝色", "黄色", "紫色", "橙色", "青色", "白色"]
 RGB = np.array(
-    [[220, 40, 40], [40, 180, 60], [50, 90, 230], [240, 220, 40],
-     [150, 60, 200], [250, 140, 30], [40, 210, 220], [240, 240, 240]], dtype=np.uint8)
+    [
+        [220, 40, 40],
+        [40, 180, 60],
+        [50, 90, 230],
+        [240, 220, 40],
+        [150, 60, 200],
+        [250, 140, 30],
+        [40, 210, 220],
+        [240, 240, 240],
+    ],
+    dtype=np.uint8,
+)
 SIZES = ["large", "small"]
 SIZES_ZH = ["大", "小"]
-CELLS = ["top left", "top", "top right", "left", "center", "right",
-         "bottom left", "bottom", "bottom right"]
+CELLS = [
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "center",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
+]
 CELLS_ZH = ["左上方", "上方", "右上方", "左侧", "中间", "右侧", "左下方", "下方", "右下方"]
 COUNTS = ["one", "two", "three"]
 COUNTS_ZH = ["一个", "两个", "三个"]
@@ -62,8 +81,9 @@ def scene_split(scene: Scene) -> str:
 def random_scene(rng: np.random.Generator, count_probs=(0.4, 0.4, 0.2)) -> Scene:
     n = int(rng.choice(3, p=count_probs)) + 1
     cells = sorted(rng.choice(9, size=n, replace=False).tolist())
-    return tuple(Obj(c, int(rng.integers(4)), int(rng.integers(8)), int(rng.integers(2)))
-                 for c in cells)
+    return tuple(
+        Obj(c, int(rng.integers(4)), int(rng.integers(8)), int(rng.integers(2))) for c in cells
+    )
 
 
 def sample_scene(split: str, seed: int, index: int) -> tuple[Scene, np.random.Generator]:
@@ -80,6 +100,7 @@ def sample_scene(split: str, seed: int, index: int) -> tuple[Scene, np.random.Ge
 
 
 # ----------------------------------------------------------------------------- rendering
+
 
 def shape_mask(shape: int, size: int, side: int, cy: float, cx: float, extent: int):
     """Boolean mask [extent, extent]: pixel centres inside the shape (no anti-aliasing)."""
@@ -113,22 +134,25 @@ def render(scene: Scene, side: int = 64) -> np.ndarray:
         y0, x0 = int(cy - cell / 2), int(cx - cell / 2)
         ext = int(np.ceil(cell)) + 1
         y1, x1 = min(y0 + ext, side), min(x0 + ext, side)
-        m = shape_mask(o.shape, o.size, side, cy - y0, cx - x0, ext)[:y1 - y0, :x1 - x0]
+        m = shape_mask(o.shape, o.size, side, cy - y0, cx - x0, ext)[: y1 - y0, : x1 - x0]
         img[y0:y1, x0:x1][m] = RGB[o.color]
     return img
 
 
 # ----------------------------------------------------------------------------- text
 
+
 def caption(scene: Scene, lang: str = "en") -> str:
     if lang == "en":
         return " and ".join(
             f"a {SIZES[o.size]} {COLORS[o.color]} {SHAPES[o.shape]} at the {CELLS[o.cell]}"
-            for o in scene)
+            for o in scene
+        )
     if lang == "zh":
         return ",".join(
             f"{CELLS_ZH[o.cell]}有一个{SIZES_ZH[o.size]}的{COLORS_ZH[o.color]}{SHAPES_ZH[o.shape]}"
-            for o in scene)
+            for o in scene
+        )
     raise ValueError(f"unknown language {lang!r}; expected 'en' or 'zh'")
 
 
@@ -141,8 +165,11 @@ def question(scene: Scene, kind: str, lang: str, rng: np.random.Generator) -> tu
     if kind in ("color", "shape"):
         o = scene[int(rng.integers(len(scene)))]
         if kind == "color":
-            q = (f"what color is the {SHAPES[o.shape]} at the {CELLS[o.cell]}?" if en
-                 else f"{CELLS_ZH[o.cell]}的{SHAPES_ZH[o.shape]}是什么颜色?")
+            q = (
+                f"what color is the {SHAPES[o.shape]} at the {CELLS[o.cell]}?"
+                if en
+                else f"{CELLS_ZH[o.cell]}的{SHAPES_ZH[o.shape]}是什么颜色?"
+            )
             return q, (COLORS if en else COLORS_ZH)[o.color]
         q = f"what shape is at the {CELLS[o.cell]}?" if en else f"{CELLS_ZH[o.cell]}是什么形状?"
         return q, (SHAPES if en else SHAPES_ZH)[o.shape]
@@ -150,8 +177,11 @@ def question(scene: Scene, kind: str, lang: str, rng: np.random.Generator) -> tu
         pairs = [(o.color, o.shape) for o in scene]
         unique = [o for o in scene if pairs.count((o.color, o.shape)) == 1]
         o = unique[int(rng.integers(len(unique)))] if unique else scene[0]
-        q = (f"where is the {COLORS[o.color]} {SHAPES[o.shape]}?" if en
-             else f"{COLORS_ZH[o.color]}{SHAPES_ZH[o.shape]}在哪里?")
+        q = (
+            f"where is the {COLORS[o.color]} {SHAPES[o.shape]}?"
+            if en
+            else f"{COLORS_ZH[o.color]}{SHAPES_ZH[o.shape]}在哪里?"
+        )
         return q, (CELLS if en else CELLS_ZH)[o.cell]
     if kind == "count":
         q = "how many objects are there?" if en else "有几个物体?"
@@ -163,8 +193,11 @@ def question(scene: Scene, kind: str, lang: str, rng: np.random.Generator) -> tu
         else:
             absent = [(c, s) for c in range(8) for s in range(4) if (c, s) not in present]
             color, shape = absent[int(rng.integers(len(absent)))]
-        q = (f"is there a {COLORS[color]} {SHAPES[shape]}?" if en
-             else f"有{COLORS_ZH[color]}的{SHAPES_ZH[shape]}吗?")
+        q = (
+            f"is there a {COLORS[color]} {SHAPES[shape]}?"
+            if en
+            else f"有{COLORS_ZH[color]}的{SHAPES_ZH[shape]}吗?"
+        )
         return q, (YESNO if en else YESNO_ZH)[0 if (color, shape) in present else 1]
     raise ValueError(f"unknown question kind {kind!r}")
 
@@ -183,11 +216,13 @@ def all_corpus_text(seed: int = 0, n: int = 2000) -> list[str]:
 
 # ----------------------------------------------------------------------------- dataset
 
+
 class ShapesDataset(torch.utils.data.Dataset):
     """Sample i -> dict(image float [3,S,S] in [0,1], captions, one VQA pair per language)."""
 
-    def __init__(self, split: str = "train", size: int = 10000, seed: int = 0,
-                 image_size: int = 64):
+    def __init__(
+        self, split: str = "train", size: int = 10000, seed: int = 0, image_size: int = 64
+    ):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
         render((), image_size)  # validates the size

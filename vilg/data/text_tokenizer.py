@@ -32,7 +32,8 @@ class TextTokenizer:
     def __init__(self, tok: Tokenizer):
         self.tok = tok
         self.pad_id, self.unk_id, self.bos_id, self.eos_id, self.sep_id = (
-            tok.token_to_id(s) for s in SPECIALS[:5])
+            tok.token_to_id(s) for s in SPECIALS[:5]
+        )
         self.lang_ids = {k: tok.token_to_id(v) for k, v in LANG_TAGS.items()}
         self.special_ids = {tok.token_to_id(s) for s in SPECIALS}
 
@@ -41,11 +42,13 @@ class TextTokenizer:
         tok = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100))
         # BertNormalizer puts spaces around CJK characters: one token per Chinese character.
         tok.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=True)
+            clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=True
+        )
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                            min_frequency=1, show_progress=False)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=SPECIALS, min_frequency=1, show_progress=False
+        )
         tok.train_from_iterator(corpus, trainer)
         return cls(tok)
 

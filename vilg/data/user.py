@@ -44,8 +44,9 @@ def iter_folder(root: str | Path, size: int, stats: Counter) -> Iterator[tuple[n
     root = Path(root)
     meta = root / "metadata.jsonl"
     if not meta.exists():
-        raise FileNotFoundError(f"{root} has no metadata.jsonl (lines of "
-                                '{"file_name": ..., "text": ...})')
+        raise FileNotFoundError(
+            f'{root} has no metadata.jsonl (lines of {{"file_name": ..., "text": ...}})'
+        )
     with open(meta, encoding="utf-8") as f:
         for line in f:
             if not line.strip():
@@ -106,8 +107,11 @@ def _emit(group: dict, size: int, stats: Counter):
 def user_pool(source: str, size: int, limit: int | None = None) -> Pool:
     """A pool from a folder (with metadata.jsonl) or tar shards ('data/*.tar')."""
     stats: Counter = Counter()
-    it = iter_folder(source, size, stats) if Path(source).is_dir() else \
-        iter_shards(source, size, stats)
+    it = (
+        iter_folder(source, size, stats)
+        if Path(source).is_dir()
+        else iter_shards(source, size, stats)
+    )
     images, texts = [], []
     for img, text in it:
         images.append(img)

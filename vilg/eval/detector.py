@@ -47,8 +47,9 @@ def _templates(side: int) -> dict:
     return out
 
 
-def detect(image: np.ndarray, threshold: int = 90, min_frac: float = 0.4,
-           min_iou: float = 0.5) -> list[Detection]:
+def detect(
+    image: np.ndarray, threshold: int = 90, min_frac: float = 0.4, min_iou: float = 0.5
+) -> list[Detection]:
     """image: uint8 [S, S, 3] (or float in [0,1]). Returns detections in raster cell order."""
     img = np.asarray(image)
     if img.dtype != np.uint8:
@@ -89,16 +90,22 @@ def score(image: np.ndarray, scene: Scene) -> dict:
     all_right = True
     for o in scene:
         d = dets.get(o.cell)
-        ok = {"cell": d is not None,
-              "shape": d is not None and d.shape == o.shape,
-              "color": d is not None and d.color == o.color,
-              "size": d is not None and d.size == o.size}
+        ok = {
+            "cell": d is not None,
+            "shape": d is not None and d.shape == o.shape,
+            "color": d is not None and d.color == o.color,
+            "size": d is not None and d.size == o.size,
+        }
         for k, v in ok.items():
             hits[k] += int(v)
         all_right &= all(ok.values())
     extra = [c for c in dets if c not in {o.cell for o in scene}]
-    return {"objects": len(scene), **hits, "no_extra": not extra,
-            "correct": bool(all_right and not extra)}
+    return {
+        "objects": len(scene),
+        **hits,
+        "no_extra": not extra,
+        "correct": bool(all_right and not extra),
+    }
 
 
 def detections_to_scene(dets: list[Detection]) -> Scene:

@@ -26,18 +26,21 @@ ATTRS = ("shape", "color", "size", "cell")
 
 def _summ(rows: list[dict]) -> dict:
     objs = sum(r["objects"] for r in rows)
-    out = {"fully_correct": round(float(np.mean([r["correct"] for r in rows])), 4),
-           "no_extra": round(float(np.mean([r["no_extra"] for r in rows])), 4)}
+    out = {
+        "fully_correct": round(float(np.mean([r["correct"] for r in rows])), 4),
+        "no_extra": round(float(np.mean([r["no_extra"] for r in rows])), 4),
+    }
     for a in ATTRS:
         out[f"{a}_acc"] = round(sum(r[a] for r in rows) / max(objs, 1), 4)
     return out
 
 
-def eval_text2image(pipe: Pipeline, scenes, lang: str, n: int, batch: int = 16,
-                    **sample_kw) -> dict:
+def eval_text2image(
+    pipe: Pipeline, scenes, lang: str, n: int, batch: int = 16, **sample_kw
+) -> dict:
     before, after, examples = [], [], []
     for s in range(0, len(scenes), batch):
-        chunk = scenes[s:s + batch]
+        chunk = scenes[s : s + batch]
         prompts = [shapes.caption(sc, lang) for sc in chunk]
         out = pipe.generate(prompts, n=n, seed=s, **sample_kw)
         imgs = to_uint8(out["images"])
@@ -47,22 +50,30 @@ def eval_text2image(pipe: Pipeline, scenes, lang: str, n: int, batch: int = 16,
             after.append(rows[0])  # index 0 = matcher's best (or first sample if no matcher)
             if len(examples) < 4:
                 examples.append({"prompt": prompts[p], "correct_top1": rows[0]["correct"]})
-    return {"before_rerank": _summ(before), "after_rerank": _summ(after), "prompts": len(scenes),
-            "samples_per_prompt": n, "reranked": pipe.matcher is not None,
-            "examples": examples}
+    return {
+        "before_rerank": _summ(before),
+        "after_rerank": _summ(after),
+        "prompts": len(scenes),
+        "samples_per_prompt": n,
+        "reranked": pipe.matcher is not None,
+        "examples": examples,
+    }
 
 
-def eval_captions(pipe: Pipeline, images: torch.Tensor, scenes, lang: str, beam: int = 1,
-                  batch: int = 64) -> dict:
+def eval_captions(
+    pipe: Pipeline, images: torch.Tensor, scenes, lang: str, beam: int = 1, batch: int = 64
+) -> dict:
     hyps = []
     for s in range(0, len(images), batch):
-        hyps += pipe.caption(images[s:s + batch], lang=lang, beam=beam)
+        hyps += pipe.caption(images[s : s + batch], lang=lang, beam=beam)
     refs = [shapes.caption(sc, lang) for sc in scenes]
-    return {"exact": round(float(np.mean([h == r for h, r in zip(hyps, refs)])), 4),
-            "bleu4": round(metrics.bleu4(hyps, [[r] for r in refs]), 4),
-            "cider_d": round(metrics.cider_d(hyps, [[r] for r in refs]), 4),
-            "n": len(refs), "examples": [{"ref": r, "hyp": h} for h, r in
-                                         list(zip(hyps, refs))[:3]]}
+    return {
+        "exact": round(float(np.mean([h == r for h, r in zip(hyps, refs)])), 4),
+        "bleu4": round(metrics.bleu4(hyps, [[r] for r in refs]), 4),
+        "cider_d": round(metrics.cider_d(hyps, [[r] for r in refs]), 4),
+        "n": len(refs),
+        "examples": [{"ref": r, "hyp": h} for h, r in list(zip(hyps, refs))[:3]],
+    }
 
 
 def eval_vqa(pipe: Pipeline, images: torch.Tensor, scenes, lang: str, seed: int = 0) -> dict:
@@ -85,30 +96,40 @@ def eval_vqa(pipe: Pipeline, images: torch.Tensor, scenes, lang: str, seed: int 
             k = by_kind.setdefault(kind, [0, 0])
             k[0] += ok
             k[1] += 1
-    return {"accuracy": round(right / max(len(qa), 1), 4), "n": len(qa),
-            "by_kind": {k: round(v[0] / v[1], 4) for k, v in by_kind.items()}}
+    return {
+        "accuracy": round(right / max(len(qa), 1), 4),
+        "n": len(qa),
+        "by_kind": {k: round(v[0] / v[1], 4) for k, v in by_kind.items()},
+    }
 
 
 @torch.no_grad()
 def eval_tokenizer(pipe: Pipeline, images: torch.Tensor, scenes) -> dict:
     codes = pipe.vq.encode(images.to(pipe.device))
     rec = pipe.vq.decode_indices(codes).clamp(0, 1).cpu()
-    recon_ok = np.mean([score(im, sc)["correct"] for im, sc in
-                        zip(to_uint8(rec), scenes)])
-    return {"psnr": round(psnr(images, rec), 3), "detector_on_reconstructions": round(
-        float(recon_ok), 4), **{k: round(v, 4) for k, v in
-                                code_stats(codes, pipe.vq.cfg.codebook_size).items()}}
+    recon_ok = np.mean([score(im, sc)["correct"] for im, sc in zip(to_uint8(rec), scenes)])
+    return {
+        "psnr": round(psnr(images, rec), 3),
+        "detector_on_reconstructions": round(float(recon_ok), 4),
+        **{k: round(v, 4) for k, v in code_stats(codes, pipe.vq.cfg.codebook_size).items()},
+    }
 
 
-def evaluate(pipe: Pipeline, n_prompts: int = 60, n_samples: int = 8, n_caption: int = 200,
-             seed: int = 0, langs=("en", "zh"), sample_kw: dict | None = None,
-             log=print) -> dict:
+def evaluate(
+    pipe: Pipeline,
+    n_prompts: int = 60,
+    n_samples: int = 8,
+    n_caption: int = 200,
+    seed: int = 0,
+    langs=("en", "zh"),
+    sample_kw: dict | None = None,
+    log=print,
+) -> dict:
     t0 = time.perf_counter()
     size = pipe.vq.cfg.image_size
     test = shapes_pool("test", max(n_caption, n_prompts), seed=seed, image_size=size)
     images = test.image_tensor(np.arange(len(test)))
-    res: dict = {"split": "test", "seed": seed, "image_size": size,
-                 "end_to_end": pipe.end_to_end}
+    res: dict = {"split": "test", "seed": seed, "image_size": size, "end_to_end": pipe.end_to_end}
     res["tokenizer"] = eval_tokenizer(pipe, images, test.scenes)
     log(f"tokenizer: {res['tokenizer']}")
     kw = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "cfg_scale": 1.0}
@@ -116,8 +137,10 @@ def evaluate(pipe: Pipeline, n_prompts: int = 60, n_samples: int = 8, n_caption:
     res["sampling"] = kw
     for lang in langs:
         r = {"text2image": eval_text2image(pipe, test.scenes[:n_prompts], lang, n_samples, **kw)}
-        log(f"[{lang}] text->image: before {r['text2image']['before_rerank']['fully_correct']}"
-            f" after {r['text2image']['after_rerank']['fully_correct']}")
+        log(
+            f"[{lang}] text->image: before {r['text2image']['before_rerank']['fully_correct']}"
+            f" after {r['text2image']['after_rerank']['fully_correct']}"
+        )
         r["caption"] = eval_captions(pipe, images[:n_caption], test.scenes[:n_caption], lang)
         log(f"[{lang}] caption exact {r['caption']['exact']} bleu4 {r['caption']['bleu4']}")
         r["vqa"] = eval_vqa(pipe, images[:n_caption], test.scenes[:n_caption], lang, seed)

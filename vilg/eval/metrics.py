@@ -35,7 +35,7 @@ def tokenize(text: str) -> list[str]:
 
 
 def _ngrams(toks: list[str], n: int) -> Counter:
-    return Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
+    return Counter(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
 
 
 def bleu4(hyps: list[str], refs: list[list[str]]) -> float:
@@ -97,9 +97,8 @@ def cider_d(hyps: list[str], refs: list[list[str]], sigma: float = 6.0) -> float
             rv, rn = vec(r)
             delta = len(ht) - len(r)
             for n in range(4):
-                dot = sum(min(x, rv[n].get(g, 0.0)) * rv[n].get(g, 0.0)
-                          for g, x in hv[n].items())
+                dot = sum(min(x, rv[n].get(g, 0.0)) * rv[n].get(g, 0.0) for g, x in hv[n].items())
                 if hn[n] and rn[n]:
-                    acc[n] += dot / (hn[n] * rn[n]) * math.exp(-delta * delta / (2 * sigma ** 2))
+                    acc[n] += dot / (hn[n] * rn[n]) * math.exp(-delta * delta / (2 * sigma**2))
         scores.append(sum(a / len(rts) for a in acc) / 4 * 10.0)
     return sum(scores) / len(scores)

@@ -36,16 +36,18 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.emb = nn.Embedding(cfg.text_vocab, cfg.dim)
         self.pos = nn.Embedding(cfg.text_len, cfg.dim)
-        layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, 4 * cfg.dim, dropout=0.0,
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            cfg.dim, cfg.heads, 4 * cfg.dim, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.enc = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
         self.out = nn.Linear(cfg.dim, cfg.embed_dim)
 
     def forward(self, ids, lens):
         T = ids.shape[1]
         pad = torch.arange(T, device=ids.device)[None] >= lens[:, None]
-        h = self.enc(self.emb(ids) + self.pos(torch.arange(T, device=ids.device)),
-                     src_key_padding_mask=pad)
+        h = self.enc(
+            self.emb(ids) + self.pos(torch.arange(T, device=ids.device)), src_key_padding_mask=pad
+        )
         keep = (~pad).float()[..., None]
         return self.out((h * keep).sum(1) / keep.sum(1).clamp(min=1))
 
@@ -55,13 +57,21 @@ class ImageEncoder(nn.Module):
         super().__init__()
         s = cfg.image_size
         self.net = nn.Sequential(
-            nn.Conv2d(3, 64, 4, stride=4), nn.GELU(),
-            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(128, 128, 3, stride=2, padding=1), nn.GELU())
+            nn.Conv2d(3, 64, 4, stride=4),
+            nn.GELU(),
+            nn.Conv2d(64, 128, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(128, 128, 3, stride=2, padding=1),
+            nn.GELU(),
+        )
         with torch.no_grad():
             n = self.net(torch.zeros(1, 3, s, s)).numel()
-        self.out = nn.Sequential(nn.Flatten(), nn.Linear(n, 2 * cfg.dim), nn.GELU(),
-                                 nn.Linear(2 * cfg.dim, cfg.embed_dim))
+        self.out = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(n, 2 * cfg.dim),
+            nn.GELU(),
+            nn.Linear(2 * cfg.dim, cfg.embed_dim),
+        )
 
     def forward(self, x):
         return self.out(self.net(x * 2 - 1))

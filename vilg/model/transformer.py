@@ -91,8 +91,12 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(cfg.n_embd)
         self.attn = Attention(cfg)
         self.ln2 = nn.LayerNorm(cfg.n_embd)
-        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
-                                 nn.Linear(4 * cfg.n_embd, cfg.n_embd), nn.Dropout(cfg.dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.n_embd, 4 * cfg.n_embd),
+            nn.GELU(),
+            nn.Linear(4 * cfg.n_embd, cfg.n_embd),
+            nn.Dropout(cfg.dropout),
+        )
 
     def forward(self, x, layout, text_lens, cache=None):
         x = x + self.attn(self.ln1(x), layout, text_lens, cache)
@@ -119,8 +123,11 @@ class UnifiedTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(d)
         self.text_head = nn.Linear(d, cfg.text_vocab, bias=False)
         self.image_head = nn.Linear(d, cfg.image_vocab, bias=False)
-        self.z_head = (nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.code_dim))
-                       if cfg.code_dim > 0 else None)
+        self.z_head = (
+            nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.code_dim))
+            if cfg.code_dim > 0
+            else None
+        )
         self.kinds = layouts.schedule(cfg.n_layer)
         self.grad_checkpointing = False
         self._layouts: dict = {}
@@ -146,8 +153,11 @@ class UnifiedTransformer(nn.Module):
         key = (direction, text_len)
         if key not in self._layouts:
             self._layouts[key] = [
-                layouts.ernie_vilg(k, text_len, self.cfg.grid, direction=direction,
-                                   window=self.cfg.window) for k in self.kinds]
+                layouts.ernie_vilg(
+                    k, text_len, self.cfg.grid, direction=direction, window=self.cfg.window
+                )
+                for k in self.kinds
+            ]
         return self._layouts[key]
 
     # ------------------------------------------------------------------ embeddings
@@ -204,9 +214,13 @@ class UnifiedTransformer(nn.Module):
 
     def new_caches(self, B: int, L: int, device, dtype=torch.float32):
         hd = self.cfg.n_embd // self.cfg.n_head
-        return [(torch.zeros(B, self.cfg.n_head, L, hd, device=device, dtype=dtype),
-                 torch.zeros(B, self.cfg.n_head, L, hd, device=device, dtype=dtype))
-                for _ in self.blocks]
+        return [
+            (
+                torch.zeros(B, self.cfg.n_head, L, hd, device=device, dtype=dtype),
+                torch.zeros(B, self.cfg.n_head, L, hd, device=device, dtype=dtype),
+            )
+            for _ in self.blocks
+        ]
 
     def step(self, direction: str, token, pos: int, T: int, caches, text_lens=None):
         """Feed the input token at sequence position `pos`; returns the hidden state [B, d]."""

@@ -50,8 +50,10 @@ class VQConfig:
         if not self.channels:
             raise ValueError("channels must have at least one level")
         if self.image_size % self.f:
-            raise ValueError(f"image_size {self.image_size} is not divisible by "
-                             f"f = patch * 2**(levels-1) = {self.f}")
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by "
+                f"f = patch * 2**(levels-1) = {self.f}"
+            )
         if self.codebook_mode not in ("ema", "l2"):
             raise ValueError(f"codebook_mode must be 'ema' or 'l2', got {self.codebook_mode!r}")
 
@@ -97,7 +99,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VQConfig):
         super().__init__()
         ch, n = cfg.channels, len(cfg.channels)
-        layers = [nn.PixelUnshuffle(cfg.patch), nn.Conv2d(3 * cfg.patch ** 2, ch[0], 1)]
+        layers = [nn.PixelUnshuffle(cfg.patch), nn.Conv2d(3 * cfg.patch**2, ch[0], 1)]
         for i, c in enumerate(ch):
             k = cfg.token_kernel if i == n - 1 else 3
             layers += [ResBlock(c, k) for _ in range(cfg.blocks)]
@@ -119,10 +121,16 @@ class Decoder(nn.Module):
             k = cfg.token_kernel if i == 0 else 3
             layers += [ResBlock(c, k) for _ in range(cfg.blocks)]
             if i < n - 1:
-                layers += [nn.Upsample(scale_factor=2, mode="nearest"),
-                           nn.Conv2d(c, ch[i + 1], 3, padding=1)]
-        layers += [ChanNorm(ch[-1]), nn.SiLU(), nn.Conv2d(ch[-1], 3 * cfg.patch ** 2, 1),
-                   nn.PixelShuffle(cfg.patch)]
+                layers += [
+                    nn.Upsample(scale_factor=2, mode="nearest"),
+                    nn.Conv2d(c, ch[i + 1], 3, padding=1),
+                ]
+        layers += [
+            ChanNorm(ch[-1]),
+            nn.SiLU(),
+            nn.Conv2d(ch[-1], 3 * cfg.patch**2, 1),
+            nn.PixelShuffle(cfg.patch),
+        ]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z):
@@ -134,8 +142,9 @@ class Quantizer(nn.Module):
         super().__init__()
         self.cfg = cfg
         K, D = cfg.codebook_size, cfg.code_dim
-        self.codebook = nn.Parameter(torch.randn(K, D) * 0.1,
-                                     requires_grad=cfg.codebook_mode == "l2")
+        self.codebook = nn.Parameter(
+            torch.randn(K, D) * 0.1, requires_grad=cfg.codebook_mode == "l2"
+        )
         self.register_buffer("ema_count", torch.ones(K))
         self.register_buffer("ema_sum", self.codebook.detach().clone())
         self.register_buffer("usage", torch.ones(K))
@@ -307,5 +316,8 @@ def code_stats(indices: torch.Tensor, K: int) -> dict:
     counts = torch.bincount(indices.reshape(-1), minlength=K).float()
     p = counts / counts.sum()
     ent = -(p[p > 0] * p[p > 0].log()).sum().item()
-    return {"codes_used": int((counts > 0).sum()), "usage": float((counts > 0).float().mean()),
-            "perplexity": math.exp(ent)}
+    return {
+        "codes_used": int((counts > 0).sum()),
+        "usage": float((counts > 0).float().mean()),
+        "perplexity": math.exp(ent),
+    }

@@ -93,11 +93,13 @@ def load_model_state(model: torch.nn.Module, path: str | Path) -> None:
     if missing or unexpected or bad:
         raise CheckpointError(
             f"checkpoint {path} does not match this model: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, wrong shapes {bad[:5]}")
+            f"unexpected {unexpected[:5]}, wrong shapes {bad[:5]}"
+        )
     model.load_state_dict(state)
 
 
 # ------------------------------------------------------------------ optimizer state
+
 
 def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
     sd = opt.state_dict()
@@ -124,8 +126,10 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -
 
 # ------------------------------------------------------------------ training checkpoints
 
-def save_training_checkpoint(stage_dir: str | Path, step: int, files: dict[str, object],
-                             keep: int = 2) -> Path:
+
+def save_training_checkpoint(
+    stage_dir: str | Path, step: int, files: dict[str, object], keep: int = 2
+) -> Path:
     """files: name -> dict of tensors (.safetensors) or JSON-able object (.json) or bytes."""
     stage_dir = Path(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)

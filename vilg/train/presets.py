@@ -14,51 +14,112 @@ PRESETS: dict[str, dict] = {
     # seconds on 1 core: used by the test-suite
     "tiny": {
         "data": {"train_size": 512, "val_size": 64, "image_size": 48},
-        "vq": {"model": {"patch": 16, "channels": [64], "blocks": 1, "codebook_size": 80,
-                         "code_dim": 16},
-               "train": {"steps": 30, "batch_size": 16, "lr": 3e-3, "warmup": 5}},
-        "matcher": {"model": {"dim": 32, "embed_dim": 32, "text_layers": 1},
-                    "train": {"steps": 10, "batch_size": 16, "lr": 2e-3, "warmup": 2}},
-        "generator": {"model": {"n_layer": 2, "n_head": 2, "n_embd": 32},
-                      "train": {"steps": 10, "batch_size": 8, "lr": 2e-3, "warmup": 2}},
+        "vq": {
+            "model": {
+                "patch": 16,
+                "channels": [64],
+                "blocks": 1,
+                "codebook_size": 80,
+                "code_dim": 16,
+            },
+            "train": {"steps": 30, "batch_size": 16, "lr": 3e-3, "warmup": 5},
+        },
+        "matcher": {
+            "model": {"dim": 32, "embed_dim": 32, "text_layers": 1},
+            "train": {"steps": 10, "batch_size": 16, "lr": 2e-3, "warmup": 2},
+        },
+        "generator": {
+            "model": {"n_layer": 2, "n_head": 2, "n_embd": 32},
+            "train": {"steps": 10, "batch_size": 8, "lr": 2e-3, "warmup": 2},
+        },
     },
     # the README's demo: measured 10:03 wall (1 thread, shared 2-core box), incl. eval+gallery
     "demo": {
         "data": {"train_size": 20000, "val_size": 256, "image_size": 48},
-        "vq": {"model": {"patch": 16, "channels": [256], "blocks": 2, "codebook_size": 128,
-                         "code_dim": 32},
-               "train": {"steps": 1800, "batch_size": 32, "lr": 3e-3, "warmup": 20}},
-        "matcher": {"model": {"dim": 64, "embed_dim": 64, "text_layers": 2},
-                    "train": {"steps": 400, "batch_size": 64, "lr": 2e-3, "warmup": 20}},
-        "generator": {"model": {"n_layer": 4, "n_head": 4, "n_embd": 64},
-                      "train": {"steps": 3200, "batch_size": 32, "lr": 2e-3, "warmup": 50,
-                                "weight_decay": 0.01}},
+        "vq": {
+            "model": {
+                "patch": 16,
+                "channels": [256],
+                "blocks": 2,
+                "codebook_size": 128,
+                "code_dim": 32,
+            },
+            "train": {"steps": 1800, "batch_size": 32, "lr": 3e-3, "warmup": 20},
+        },
+        "matcher": {
+            "model": {"dim": 64, "embed_dim": 64, "text_layers": 2},
+            "train": {"steps": 400, "batch_size": 64, "lr": 2e-3, "warmup": 20},
+        },
+        "generator": {
+            "model": {"n_layer": 4, "n_head": 4, "n_embd": 64},
+            "train": {
+                "steps": 3200,
+                "batch_size": 32,
+                "lr": 2e-3,
+                "warmup": 50,
+                "weight_decay": 0.01,
+            },
+        },
     },
     # the longer recipe: same architecture, more scenes, 2.2x the generator steps;
     # measured 21:43 wall for `vilg train --preset long` (1 thread, shared 2-core box)
     "long": {
         "data": {"train_size": 50000, "val_size": 256, "image_size": 48},
-        "vq": {"model": {"patch": 16, "channels": [256], "blocks": 2, "codebook_size": 128,
-                         "code_dim": 32},
-               "train": {"steps": 2000, "batch_size": 32, "lr": 3e-3, "warmup": 20}},
-        "matcher": {"model": {"dim": 64, "embed_dim": 64, "text_layers": 2},
-                    "train": {"steps": 1000, "batch_size": 64, "lr": 2e-3, "warmup": 20}},
-        "generator": {"model": {"n_layer": 4, "n_head": 4, "n_embd": 64},
-                      "train": {"steps": 7000, "batch_size": 32, "lr": 2e-3, "warmup": 100,
-                                "weight_decay": 0.01}},
+        "vq": {
+            "model": {
+                "patch": 16,
+                "channels": [256],
+                "blocks": 2,
+                "codebook_size": 128,
+                "code_dim": 32,
+            },
+            "train": {"steps": 2000, "batch_size": 32, "lr": 3e-3, "warmup": 20},
+        },
+        "matcher": {
+            "model": {"dim": 64, "embed_dim": 64, "text_layers": 2},
+            "train": {"steps": 1000, "batch_size": 64, "lr": 2e-3, "warmup": 20},
+        },
+        "generator": {
+            "model": {"n_layer": 4, "n_head": 4, "n_embd": 64},
+            "train": {
+                "steps": 7000,
+                "batch_size": 32,
+                "lr": 2e-3,
+                "warmup": 100,
+                "weight_decay": 0.01,
+            },
+        },
     },
     # user images (folder / tar shards): conv tokenizer, 8x8 token grid at 64 px
     "real": {
         "data": {"train_size": 100000, "val_size": 256, "image_size": 64},
-        "vq": {"model": {"patch": 2, "channels": [64, 128, 256], "token_kernel": 3,
-                         "codebook_size": 1024, "code_dim": 32, "perceptual_weight": 0.1},
-               "train": {"steps": 20000, "batch_size": 32, "lr": 1e-3, "warmup": 500}},
-        "matcher": {"model": {"dim": 128, "embed_dim": 128, "text_layers": 4},
-                    "train": {"steps": 10000, "batch_size": 128, "lr": 5e-4, "warmup": 500}},
-        "generator": {"model": {"n_layer": 12, "n_head": 8, "n_embd": 512, "dropout": 0.1},
-                      "train": {"steps": 100000, "batch_size": 64, "lr": 3e-4, "warmup": 2000,
-                                "weight_decay": 0.05, "precision": "bf16",
-                                "grad_checkpointing": True}},
+        "vq": {
+            "model": {
+                "patch": 2,
+                "channels": [64, 128, 256],
+                "token_kernel": 3,
+                "codebook_size": 1024,
+                "code_dim": 32,
+                "perceptual_weight": 0.1,
+            },
+            "train": {"steps": 20000, "batch_size": 32, "lr": 1e-3, "warmup": 500},
+        },
+        "matcher": {
+            "model": {"dim": 128, "embed_dim": 128, "text_layers": 4},
+            "train": {"steps": 10000, "batch_size": 128, "lr": 5e-4, "warmup": 500},
+        },
+        "generator": {
+            "model": {"n_layer": 12, "n_head": 8, "n_embd": 512, "dropout": 0.1},
+            "train": {
+                "steps": 100000,
+                "batch_size": 64,
+                "lr": 3e-4,
+                "warmup": 2000,
+                "weight_decay": 0.05,
+                "precision": "bf16",
+                "grad_checkpointing": True,
+            },
+        },
     },
 }
 
@@ -82,6 +143,7 @@ def get_preset(name: str, overrides: list[str] | None = None) -> dict:
 
 def _parse(v: str):
     import json
+
     try:
         return json.loads(v)
     except json.JSONDecodeError:

@@ -38,8 +38,10 @@ def _done(d: Path) -> bool:
 def build_pools(preset: dict, data: str | None, seed: int) -> tuple[Pool, Pool]:
     d = preset["data"]
     if data is None:
-        return (shapes_pool("train", d["train_size"], seed, d["image_size"]),
-                shapes_pool("val", d["val_size"], seed, d["image_size"]))
+        return (
+            shapes_pool("train", d["train_size"], seed, d["image_size"]),
+            shapes_pool("val", d["val_size"], seed, d["image_size"]),
+        )
     pool = user_pool(data, d["image_size"], limit=d["train_size"] + d["val_size"])
     nv = min(d["val_size"], max(1, len(pool) // 10))
     split = len(pool) - nv
@@ -60,14 +62,26 @@ def corpus(pool: Pool, seed: int) -> list[str]:
 @torch.no_grad()
 def encode_pool(vq: VQGAN, pool: Pool, device, batch: int = 512) -> torch.Tensor:
     vq.eval().to(device)
-    out = [vq.encode(pool.image_tensor(np.arange(s, min(s + batch, len(pool)))).to(device))
-           .flatten(1).cpu() for s in range(0, len(pool), batch)]
+    out = [
+        vq.encode(pool.image_tensor(np.arange(s, min(s + batch, len(pool)))).to(device))
+        .flatten(1)
+        .cpu()
+        for s in range(0, len(pool), batch)
+    ]
     return torch.cat(out)
 
 
-def train_run(preset: dict, out: str | Path, *, data: str | None = None, device="cpu",
-              seed: int = 0, stages=("vq", "matcher", "generator"), progress: bool = True,
-              log=print) -> dict:
+def train_run(
+    preset: dict,
+    out: str | Path,
+    *,
+    data: str | None = None,
+    device="cpu",
+    seed: int = 0,
+    stages=("vq", "matcher", "generator"),
+    progress: bool = True,
+    log=print,
+) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for s in stages:
@@ -76,24 +90,28 @@ def train_run(preset: dict, out: str | Path, *, data: str | None = None, device=
     old = out / "preset.json"
     if old.exists():
         prev = ckpt.load_json(old)
-        if {k: v for k, v in prev.items() if k != "timings"} != \
-                {k: v for k, v in {**preset, "data_source": data}.items()}:
+        if {k: v for k, v in prev.items() if k != "timings"} != {
+            k: v for k, v in {**preset, "data_source": data}.items()
+        }:
             raise ckpt.CheckpointError(
-                f"{out} was trained with a different recipe; use another --out directory")
+                f"{out} was trained with a different recipe; use another --out directory"
+            )
     ckpt.atomic_write_json(old, {**preset, "data_source": data})
     timings: dict = {}
     t0 = time.perf_counter()
     train, val = build_pools(preset, data, seed)
-    log(f"data: {len(train)} train / {len(val)} val images "
-        f"({preset['data']['image_size']} px){' ' + str(train.stats) if train.stats else ''}")
+    log(
+        f"data: {len(train)} train / {len(val)} val images "
+        f"({preset['data']['image_size']} px){' ' + str(train.stats) if train.stats else ''}"
+    )
 
     tok_path = out / "tokenizer.json"
     if tok_path.exists():
         tok = TextTokenizer.load(tok_path)
     else:
-        tok = TextTokenizer.train(corpus(train, seed),
-                                  vocab_size=preset.get("text_vocab", 1000 if data is None
-                                                        else 8000))
+        tok = TextTokenizer.train(
+            corpus(train, seed), vocab_size=preset.get("text_vocab", 1000 if data is None else 8000)
+        )
         tok.save(tok_path)
     timings["data_and_text_tokenizer"] = round(time.perf_counter() - t0, 1)
     dev = torch.device(device)
@@ -118,10 +136,13 @@ def train_run(preset: dict, out: str | Path, *, data: str | None = None, device=
     T = max(len(tok.encode(x)) for caps in train.texts.values() for x in caps[:5000]) + 8
     text_len = preset.get("text_len", min(max(T, 16), 128))
     if "matcher" in stages and not _done(out / "matcher"):
-        mcfg = MatcherConfig(image_size=vq_cfg.image_size, text_vocab=tok.vocab_size,
-                             text_len=text_len, **preset["matcher"]["model"])
-        MatcherTrainer(Matcher(mcfg), tcfg("matcher"), out / "matcher", train, val, tok,
-                       dev).fit()
+        mcfg = MatcherConfig(
+            image_size=vq_cfg.image_size,
+            text_vocab=tok.vocab_size,
+            text_len=text_len,
+            **preset["matcher"]["model"],
+        )
+        MatcherTrainer(Matcher(mcfg), tcfg("matcher"), out / "matcher", train, val, tok, dev).fit()
     timings["matcher"] = round(time.perf_counter() - t, 1)
 
     # ---- generator (two-stage) and / or end-to-end
@@ -130,14 +151,28 @@ def train_run(preset: dict, out: str | Path, *, data: str | None = None, device=
             continue
         t = time.perf_counter()
         codes, val_codes = encode_pool(vq, train, dev), encode_pool(vq, val, dev)
-        gcfg = GPTConfig(text_vocab=tok.vocab_size, image_vocab=vq_cfg.codebook_size,
-                         text_len=text_len, grid=vq_cfg.grid,
-                         code_dim=vq_cfg.code_dim if stage == "end2end" else 0,
-                         **preset["generator"]["model"])
+        gcfg = GPTConfig(
+            text_vocab=tok.vocab_size,
+            image_vocab=vq_cfg.codebook_size,
+            text_len=text_len,
+            grid=vq_cfg.grid,
+            code_dim=vq_cfg.code_dim if stage == "end2end" else 0,
+            **preset["generator"]["model"],
+        )
         gen = UnifiedTransformer(gcfg)
         if stage == "generator":
-            GeneratorTrainer(gen, tcfg("generator"), out / stage, train, codes, val, val_codes,
-                             tok, device=dev, vq=vq).fit()
+            GeneratorTrainer(
+                gen,
+                tcfg("generator"),
+                out / stage,
+                train,
+                codes,
+                val,
+                val_codes,
+                tok,
+                device=dev,
+                vq=vq,
+            ).fit()
         else:
             if _done(out / "generator"):  # start from the two-stage generator's weights
                 own = gen.state_dict()
@@ -146,9 +181,18 @@ def train_run(preset: dict, out: str | Path, *, data: str | None = None, device=
                 gen.load_state_dict(own)
             e2e_vq = VQGAN(vq_cfg)
             e2e_vq.load_state_dict(vq.state_dict())
-            EndToEndTrainer(gen, tcfg("end2end" if "end2end" in preset else "generator"),
-                            out / stage, train, codes, val, val_codes,
-                            tok, e2e_vq, device=dev).fit()
+            EndToEndTrainer(
+                gen,
+                tcfg("end2end" if "end2end" in preset else "generator"),
+                out / stage,
+                train,
+                codes,
+                val,
+                val_codes,
+                tok,
+                e2e_vq,
+                device=dev,
+            ).fit()
         timings[stage] = round(time.perf_counter() - t, 1)
     timings["total"] = round(time.perf_counter() - t0, 1)
     ckpt.atomic_write_json(out / "timings.json", timings)

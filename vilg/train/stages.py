@@ -30,19 +30,27 @@ def _indices(seed: int, step: int, micro: int, n: int, b: int) -> tuple[np.ndarr
 
 # ------------------------------------------------------------------ image tokenizer
 
+
 class VQTrainer(Trainer):
     name = "tokenizer"
 
-    def __init__(self, model: VQGAN, cfg: TrainConfig, out_dir, pool: Pool, val: Pool,
-                 device="cpu"):
+    def __init__(
+        self, model: VQGAN, cfg: TrainConfig, out_dir, pool: Pool, val: Pool, device="cpu"
+    ):
         self.pool, self.val = pool, val
         super().__init__(model, cfg, out_dir, device)
-        self.disc_opt = (torch.optim.Adam(model.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
-                         if model.disc is not None else None)
+        self.disc_opt = (
+            torch.optim.Adam(model.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+            if model.disc is not None
+            else None
+        )
 
     def parameters(self):
-        return [p for n, p in self.model.named_parameters()
-                if p.requires_grad and not n.startswith("disc.")]
+        return [
+            p
+            for n, p in self.model.named_parameters()
+            if p.requires_grad and not n.startswith("disc.")
+        ]
 
     def model_config(self):
         return {"kind": "vqgan", **self.model.cfg.to_dict()}
@@ -77,8 +85,11 @@ class VQTrainer(Trainer):
         res = evaluate_vq(self.model, self.val, self.device)
         x = self.val.image_tensor(np.arange(min(8, len(self.val)))).to(self.device)
         rec = self.model.decode_indices(self.model.encode(x)).clamp(0, 1)
-        save_grid(torch.cat([x, rec]).cpu(), self.out_dir / "samples" /
-                  f"step_{self.step:07d}.png", nrow=len(x))  # top: input, bottom: recon
+        save_grid(
+            torch.cat([x, rec]).cpu(),
+            self.out_dir / "samples" / f"step_{self.step:07d}.png",
+            nrow=len(x),
+        )  # top: input, bottom: recon
         return res
 
 
@@ -88,11 +99,14 @@ def evaluate_vq(model: VQGAN, val: Pool, device="cpu", n: int = 512) -> dict:
     x = val.image_tensor(np.arange(min(n, len(val)))).to(device)
     codes = model.encode(x)
     xr = model.decode_indices(codes).clamp(0, 1)
-    return {"psnr": round(psnr(x, xr), 3),
-            **{k: round(v, 4) for k, v in code_stats(codes, model.cfg.codebook_size).items()}}
+    return {
+        "psnr": round(psnr(x, xr), 3),
+        **{k: round(v, 4) for k, v in code_stats(codes, model.cfg.codebook_size).items()},
+    }
 
 
 # ------------------------------------------------------------------ matcher
+
 
 def perturb_caption(scene, lang: str, rng: np.random.Generator) -> str:
     """The caption with one attribute (shape, colour, size or cell) of one object changed."""
@@ -116,8 +130,16 @@ def perturb_caption(scene, lang: str, rng: np.random.Generator) -> str:
 class MatcherTrainer(Trainer):
     name = "matcher"
 
-    def __init__(self, model: Matcher, cfg: TrainConfig, out_dir, pool: Pool, val: Pool,
-                 tok: TextTokenizer, device="cpu"):
+    def __init__(
+        self,
+        model: Matcher,
+        cfg: TrainConfig,
+        out_dir,
+        pool: Pool,
+        val: Pool,
+        tok: TextTokenizer,
+        device="cpu",
+    ):
         self.pool, self.val, self.tok = pool, val, tok
         super().__init__(model, cfg, out_dir, device)
 
@@ -141,8 +163,9 @@ class MatcherTrainer(Trainer):
     def loss(self, step, micro):
         idx, rng = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
         x = self.pool.image_tensor(idx).to(self.device)
-        ids, lens, nids, nlens = (t if t is None else t.to(self.device)
-                                  for t in self._texts(self.pool, idx, rng))
+        ids, lens, nids, nlens = (
+            t if t is None else t.to(self.device) for t in self._texts(self.pool, idx, rng)
+        )
         loss, acc = self.model.loss(x, ids, lens, nids, nlens)
         return loss, {"loss": loss.detach(), "acc": acc}, len(idx)
 
@@ -153,8 +176,11 @@ class MatcherTrainer(Trainer):
         ids, lens, nids, nlens = self._texts(self.val, idx, rng)
         zi = self.model.embed_image(x)
         zt = self.model.embed_text(ids.to(self.device), lens.to(self.device))
-        out = {"retrieval_acc": float(((zi @ zt.t()).argmax(1) == torch.arange(len(idx))).float()
-                                      .mean())}
+        out = {
+            "retrieval_acc": float(
+                ((zi @ zt.t()).argmax(1) == torch.arange(len(idx))).float().mean()
+            )
+        }
         if nids is not None:
             zn = self.model.embed_text(nids.to(self.device), nlens.to(self.device))
             out["hard_negative_acc"] = float(((zi * zt).sum(1) > (zi * zn).sum(1)).float().mean())
@@ -163,13 +189,26 @@ class MatcherTrainer(Trainer):
 
 # ------------------------------------------------------------------ generator
 
+
 class GeneratorTrainer(Trainer):
     name = "generator"
 
-    def __init__(self, model: UnifiedTransformer, cfg: TrainConfig, out_dir, pool: Pool,
-                 codes: torch.Tensor, val: Pool, val_codes: torch.Tensor, tok: TextTokenizer,
-                 p_uncond: float = 0.1, vqa_frac: float = 0.5, device="cpu",
-                 vq: VQGAN | None = None, kind_weights: dict | None = None):
+    def __init__(
+        self,
+        model: UnifiedTransformer,
+        cfg: TrainConfig,
+        out_dir,
+        pool: Pool,
+        codes: torch.Tensor,
+        val: Pool,
+        val_codes: torch.Tensor,
+        tok: TextTokenizer,
+        p_uncond: float = 0.1,
+        vqa_frac: float = 0.5,
+        device="cpu",
+        vq: VQGAN | None = None,
+        kind_weights: dict | None = None,
+    ):
         self.pool, self.codes, self.val, self.val_codes, self.tok = pool, codes, val, val_codes, tok
         self.vq = vq  # only for sample grids
         self.p_uncond, self.vqa_frac = p_uncond, vqa_frac
@@ -192,8 +231,12 @@ class GeneratorTrainer(Trainer):
         t2i = t2i_batch(tok, caps, img, self.model.boi, drop)
         n_vqa = round(B * self.vqa_frac) if pool.scenes is not None else 0
         n_cap = B - n_vqa
-        cap = i2t_batch(tok, [tok.lang_prompt(lg) for lg in lang[:n_cap]],
-                        [c[: T - 2] for c in caps[:n_cap]], img[:n_cap])
+        cap = i2t_batch(
+            tok,
+            [tok.lang_prompt(lg) for lg in lang[:n_cap]],
+            [c[: T - 2] for c in caps[:n_cap]],
+            img[:n_cap],
+        )
         vqa = None
         if n_vqa:
             prompts, answers = [], []
@@ -210,8 +253,11 @@ class GeneratorTrainer(Trainer):
         h = m(I2T, b["text"], b["image"], b["text_lens"])
         lg = m.text_logits(m.split(I2T, h, b["text"].shape[1])[0])
         mask = b["mask"]
-        return F.cross_entropy(lg[mask].float(), b["target"][mask], reduction="sum"), \
-            int(mask.sum()), lg
+        return (
+            F.cross_entropy(lg[mask].float(), b["target"][mask], reduction="sum"),
+            int(mask.sum()),
+            lg,
+        )
 
     def stream_losses(self, t2i, cap, vqa):
         m = self.model
@@ -225,9 +271,17 @@ class GeneratorTrainer(Trainer):
         # one mean over every target text token of both streams (captions and answers alike;
         # measured better for captions than a separate mean per stream)
         l_txt = (s_cap + s_vqa) / max(n_cap + n_vqa, 1)
-        return {"img": l_img, "txt": l_txt, "cap": s_cap / max(n_cap, 1),
-                "vqa": s_vqa / n_vqa if n_vqa else None, "lg_img": lg, "lg_cap": lg_cap,
-                "lg_vqa": lg_vqa, "h_img": hi, "t2i": t2i}
+        return {
+            "img": l_img,
+            "txt": l_txt,
+            "cap": s_cap / max(n_cap, 1),
+            "vqa": s_vqa / n_vqa if n_vqa else None,
+            "lg_img": lg,
+            "lg_cap": lg_cap,
+            "lg_vqa": lg_vqa,
+            "h_img": hi,
+            "t2i": t2i,
+        }
 
     def loss(self, step, micro):
         idx, rng = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
@@ -239,28 +293,36 @@ class GeneratorTrainer(Trainer):
         """Teacher-forced accuracies on validation scenes (greedy-equivalent per token)."""
         rng = np.random.default_rng(321)
         idx = np.arange(min(256, len(self.val)))
-        cap_ids = {lang: [self.tok.encode(t) for t in caps[: len(idx)]]
-                   for lang, caps in self.val.texts.items()}
+        cap_ids = {
+            lang: [self.tok.encode(t) for t in caps[: len(idx)]]
+            for lang, caps in self.val.texts.items()
+        }
         t2i, cap, vqa = self.make_batches(self.val, self.val_codes, cap_ids, idx, rng, False)
         r = self.stream_losses(t2i, cap, vqa)
 
         def exact(lg, b):
-            return round(((lg.argmax(-1).cpu() == b["target"]) | ~b["mask"]).all(1).float()
-                         .mean().item(), 4)
+            return round(
+                ((lg.argmax(-1).cpu() == b["target"]) | ~b["mask"]).all(1).float().mean().item(), 4
+            )
 
         img_ok = (r["lg_img"].argmax(-1).cpu() == t2i["target"]).all(1).float()
-        out = {"val_img_loss": round(r["img"].item(), 4),
-               "val_cap_loss": round(r["cap"].item(), 4),
-               "tf_image_exact": round(img_ok.mean().item(), 4),
-               "tf_caption_exact": exact(r["lg_cap"], cap)}
+        out = {
+            "val_img_loss": round(r["img"].item(), 4),
+            "val_cap_loss": round(r["cap"].item(), 4),
+            "tf_image_exact": round(img_ok.mean().item(), 4),
+            "tf_caption_exact": exact(r["lg_cap"], cap),
+        }
         if vqa is not None:
             out["val_vqa_loss"] = round(r["vqa"].item(), 4)
             out["tf_vqa_exact"] = exact(r["lg_vqa"], vqa)
         if self.vq is not None:  # grid: teacher-forced argmax codes of 8 val prompts
             H, W = self.model.cfg.grid
             codes = r["lg_img"][:8].argmax(-1).view(-1, H, W).to(self.device)
-            save_grid(self.vq.decode_indices(codes).clamp(0, 1).cpu(),
-                      self.out_dir / "samples" / f"step_{self.step:07d}.png", nrow=8)
+            save_grid(
+                self.vq.decode_indices(codes).clamp(0, 1).cpu(),
+                self.out_dir / "samples" / f"step_{self.step:07d}.png",
+                nrow=8,
+            )
         return out
 
 
@@ -271,8 +333,20 @@ class EndToEndTrainer(GeneratorTrainer):
 
     name = "end2end"
 
-    def __init__(self, model, cfg, out_dir, pool, codes, val, val_codes, tok, vq: VQGAN,
-                 recon_weight: float = 1.0, **kw):
+    def __init__(
+        self,
+        model,
+        cfg,
+        out_dir,
+        pool,
+        codes,
+        val,
+        val_codes,
+        tok,
+        vq: VQGAN,
+        recon_weight: float = 1.0,
+        **kw,
+    ):
         if model.z_head is None:
             raise ValueError("end-to-end training needs a generator built with code_dim > 0")
         self.recon_weight = recon_weight
@@ -280,16 +354,19 @@ class EndToEndTrainer(GeneratorTrainer):
         self.vq.to(self.device)
 
     def parameters(self):
-        return [p for p in self.model.parameters() if p.requires_grad] + \
-            list(self.vq.decoder.parameters())
+        return [p for p in self.model.parameters() if p.requires_grad] + list(
+            self.vq.decoder.parameters()
+        )
 
     def save(self):
         from vilg.train import checkpoint as ckpt
+
         ckpt.save_tensors(self.out_dir / "decoder.safetensors", self.vq.decoder.state_dict())
         return super().save()
 
     def try_resume(self):
         from vilg.train import checkpoint as ckpt
+
         ok = super().try_resume()
         if ok and (self.out_dir / "decoder.safetensors").exists():
             self.vq.decoder.load_state_dict(ckpt.load_tensors(self.out_dir / "decoder.safetensors"))
@@ -298,6 +375,7 @@ class EndToEndTrainer(GeneratorTrainer):
     def export(self):
         super().export()
         from vilg.train import checkpoint as ckpt
+
         ckpt.save_tensors(self.out_dir / "decoder.safetensors", self.vq.decoder.state_dict())
 
     def loss(self, step, micro):

@@ -66,9 +66,14 @@ def rng_state() -> tuple[dict, dict]:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"torch_cuda{i}"] = s
     st = random.getstate()
-    meta = {"python": [st[0], list(st[1]), st[2]],
-            "numpy": [np.random.get_state()[0], np.random.get_state()[1].tolist(),
-                      *np.random.get_state()[2:]]}
+    meta = {
+        "python": [st[0], list(st[1]), st[2]],
+        "numpy": [
+            np.random.get_state()[0],
+            np.random.get_state()[1].tolist(),
+            *np.random.get_state()[2:],
+        ],
+    }
     return tensors, meta
 
 
@@ -92,8 +97,13 @@ class Trainer:
 
     name = "stage"
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path,
-                 device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        device: str | torch.device = "cpu",
+    ):
         self.model, self.cfg = model, cfg
         self.out_dir = Path(out_dir)
         self.device = torch.device(device)
@@ -115,8 +125,10 @@ class Trainer:
         decay, no_decay = [], []
         for p in self.parameters():
             (decay if p.dim() >= 2 else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": self.cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas)
 
     def loss(self, step: int, micro: int):
@@ -142,16 +154,25 @@ class Trainer:
     def save(self) -> Path:
         opt_t, opt_m = ckpt.optimizer_to_flat(self.opt)
         rng_t, rng_m = rng_state()
-        state = {"step": self.step, "optimizer": opt_m, "rng": rng_m,
-                 "scaler": self.scaler.state_dict(), "extra": self.extra_state(),
-                 "train_config": asdict(self.cfg), "history": self.history}
-        files = {"model.safetensors": self.model.state_dict(),
-                 "config.json": self.model_config(),
-                 "optimizer.safetensors": opt_t,
-                 "rng.safetensors": rng_t,
-                 "state.json": state}
-        return ckpt.save_training_checkpoint(self.out_dir / "checkpoints", self.step, files,
-                                             keep=self.cfg.keep)
+        state = {
+            "step": self.step,
+            "optimizer": opt_m,
+            "rng": rng_m,
+            "scaler": self.scaler.state_dict(),
+            "extra": self.extra_state(),
+            "train_config": asdict(self.cfg),
+            "history": self.history,
+        }
+        files = {
+            "model.safetensors": self.model.state_dict(),
+            "config.json": self.model_config(),
+            "optimizer.safetensors": opt_t,
+            "rng.safetensors": rng_t,
+            "state.json": state,
+        }
+        return ckpt.save_training_checkpoint(
+            self.out_dir / "checkpoints", self.step, files, keep=self.cfg.keep
+        )
 
     def try_resume(self) -> bool:
         d = ckpt.latest_checkpoint(self.out_dir / "checkpoints")
@@ -159,8 +180,9 @@ class Trainer:
             return False
         ckpt.load_model_state(self.model, d / "model.safetensors")
         state = ckpt.load_json(d / "state.json")
-        ckpt.optimizer_from_flat(self.opt, ckpt.load_tensors(d / "optimizer.safetensors"),
-                                 state["optimizer"])
+        ckpt.optimizer_from_flat(
+            self.opt, ckpt.load_tensors(d / "optimizer.safetensors"), state["optimizer"]
+        )
         set_rng_state(ckpt.load_tensors(d / "rng.safetensors"), state["rng"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -182,9 +204,15 @@ class Trainer:
         if resume and self.try_resume():
             print(f"[{self.name}] resumed at step {self.step}")
         # redirected to a file, a bar redraw is a line: redraw rarely there
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.name, disable=not cfg.progress,
-                   dynamic_ncols=True, leave=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc=self.name,
+            disable=not cfg.progress,
+            dynamic_ncols=True,
+            leave=True,
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,
+        )
         t_last, seen = time.perf_counter(), 0
         while self.step < cfg.steps:
             self.model.train()
@@ -194,8 +222,9 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             logs_acc: dict = {}
             for micro in range(cfg.grad_accum):
-                with torch.autocast(self.device.type, dtype=self.amp_dtype,
-                                    enabled=self.amp_dtype is not None):
+                with torch.autocast(
+                    self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+                ):
                     loss, logs, n = self.loss(self.step, micro)
                 self.scaler.scale(loss / cfg.grad_accum).backward()
                 seen += n
@@ -210,8 +239,13 @@ class Trainer:
             self.after_step(self.step)
             now = time.perf_counter()
             if now - t_last > 1.0 or self.step == cfg.steps:
-                bar.set_postfix({**{k: f"{v:.3g}" for k, v in logs_acc.items()},
-                                 "lr": f"{lr:.2g}", "samples/s": f"{seen / (now - t_last):.0f}"})
+                bar.set_postfix(
+                    {
+                        **{k: f"{v:.3g}" for k, v in logs_acc.items()},
+                        "lr": f"{lr:.2g}",
+                        "samples/s": f"{seen / (now - t_last):.0f}",
+                    }
+                )
                 t_last, seen = now, 0
             bar.update(1)
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
