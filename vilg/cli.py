@@ -44,10 +44,36 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _shapes_prompt(run: str, prompt: str):
+    """For a run trained on the built-in shapes data: the prompt's scene, or a warning (None
+    and a message) when the prompt does not follow the captions that model was trained on."""
+    from vilg.data import shapes
+    from vilg.train import checkpoint as ckpt
+
+    preset = Path(run) / "preset.json"
+    if not preset.exists() or ckpt.load_json(preset).get("data_source") is not None:
+        return None, None
+    parsed = shapes.parse_caption(prompt)
+    if parsed is None:
+        return None, (
+            "this model was trained on the built-in shapes captions and this prompt does not "
+            "follow them (e.g. 'a large red circle at the top left and a small blue square at "
+            "the center'); expect meaningless images"
+        )
+    scene, lang = parsed
+    canon = shapes.caption(scene, lang)
+    if " ".join(prompt.lower().split()) != canon:
+        return scene, f"the model was trained on captions in cell order; closest: {canon!r}"
+    return scene, None
+
+
 def cmd_generate(args) -> int:
     from vilg.generate import save_grid
 
     pipe = _pipeline(args)
+    scene, warning = _shapes_prompt(args.run, args.prompt)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     out = pipe.generate(
         [args.prompt],
         n=args.n,
@@ -67,18 +93,17 @@ def cmd_generate(args) -> int:
     for k in range(args.n):
         Image.fromarray(arr[k]).save(o / f"sample_{k:02d}.png")
     save_grid(out["images"][0], o / "grid.png", nrow=min(8, args.n), scale=4)
-    scores = [round(float(s), 4) for s in out["scores"][0]]
-    print(
-        json.dumps(
-            {
-                "prompt": args.prompt,
-                "dir": str(o),
-                "matcher_scores": scores,
-                "reranked": pipe.matcher is not None,
-            },
-            ensure_ascii=False,
-        )
-    )
+    res = {
+        "prompt": args.prompt,
+        "dir": str(o),
+        "matcher_scores": [round(float(s), 4) for s in out["scores"][0]],
+        "reranked": pipe.matcher is not None,
+    }
+    if scene is not None:  # the detector can say which samples show the prompt
+        from vilg.eval.detector import score
+
+        res["detector_correct"] = [bool(score(a, scene)["correct"]) for a in arr]
+    print(json.dumps(res, ensure_ascii=False))
     return 0
 
 

@@ -42,7 +42,7 @@ def setup():
     return train, val, tok, vq
 
 
-def _gen_trainer(setup, out):
+def _gen_trainer(setup, out, **tasks):
     train, val, tok, vq = setup
     torch.manual_seed(1)
     gen = UnifiedTransformer(
@@ -59,9 +59,8 @@ def _gen_trainer(setup, out):
     cfg = TrainConfig(
         steps=8, batch_size=6, lr=3e-3, warmup=2, ckpt_every=3, progress=False, weight_decay=0.01
     )
-    return GeneratorTrainer(
-        gen, cfg, out, train, encode_pool(vq, train, "cpu"), val, encode_pool(vq, val, "cpu"), tok
-    )
+    codes, val_codes = encode_pool(vq, train, "cpu"), encode_pool(vq, val, "cpu")
+    return GeneratorTrainer(gen, cfg, out, train, codes, val, val_codes, tok, **tasks)
 
 
 def _assert_same(a: dict, b: dict):
@@ -85,6 +84,28 @@ def test_generator_resume_is_bit_exact(setup, tmp_path):
     for pid in fo:
         for k in fo[pid]:
             assert torch.equal(torch.as_tensor(fo[pid][k]), torch.as_tensor(ro[pid][k]))
+
+
+def test_task_mix_sets_rows_per_stream_and_trains(setup, tmp_path):
+    tr = _gen_trainer(setup, tmp_path / "mix", t2i_frac=0.5, cap_frac=0.5, vqa_frac=2.0)
+    idx = np.arange(6)
+    t2i, cap, vqa = tr.make_batches(tr.pool, tr.codes, tr.cap_ids, idx, np.random.default_rng(0))
+    assert len(t2i["text"]) == 3 and len(cap["text"]) == 3 and len(vqa["text"]) == 12
+    # VQA rows continue after the caption rows, cycling over the batch's images
+    want = tr.codes[torch.as_tensor(np.arange(3, 15) % 6)]
+    assert torch.equal(vqa["image"], want)
+    assert t2i["index"].tolist() == [0, 1, 2]
+    tr.fit()
+    assert {"tf_image_exact", "tf_caption_exact", "tf_vqa_exact"} <= set(tr.evaluate())
+    only_text = _gen_trainer(setup, tmp_path / "i2t", t2i_frac=0.0, vqa_weight=3.0)
+    t2i, cap, vqa = only_text.make_batches(
+        only_text.pool, only_text.codes, only_text.cap_ids, idx, np.random.default_rng(0)
+    )
+    assert t2i is None
+    r = only_text.stream_losses(t2i, cap, vqa)
+    assert r["img"] is None and torch.isfinite(only_text.total(r))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        _gen_trainer(setup, tmp_path / "bad", vqa_frac=-1.0)
 
 
 def test_vq_resume_is_bit_exact(setup, tmp_path):

@@ -54,6 +54,17 @@ def test_cli_commands_and_clear_errors(tiny_run, tmp_path, capsys):
     out = tmp_path / "gen"
     assert main(["generate", PROMPT, "-n", "2", "-o", str(out), "--run", run]) == 0
     assert (out / "sample_00.png").exists() and (out / "grid.png").exists()
+    res = json.loads(capsys.readouterr().out)
+    assert len(res["detector_correct"]) == 2  # the shapes detector judged each sample
+    # in-vocabulary but off the caption grammar: generated, with a warning and no verdicts
+    assert (
+        main(["generate", "a large red circle at the left top", "--run", run, "-o", str(out)]) == 0
+    )
+    io = capsys.readouterr()
+    assert "does not follow" in io.err and "detector_correct" not in json.loads(io.out)
+    swapped = "a small blue square at the center and a large red circle at the top left"
+    assert main(["generate", swapped, "-n", "1", "--run", run, "-o", str(out)]) == 0
+    assert "cell order" in capsys.readouterr().err
     img = tmp_path / "x.png"
     Image.fromarray(render(sample_scene("test", 0, 1)[0], 48)).save(img)
     assert main(["caption", str(img), "--lang", "en,zh", "--run", run]) == 0

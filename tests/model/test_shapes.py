@@ -75,3 +75,23 @@ def test_questions_have_correct_answers():
         q, a = shapes.question(s, "shape", "en", rng)
         cell = next(c for c in range(9) if q.endswith(f"at the {shapes.CELLS[c]}?"))
         assert a == shapes.SHAPES[next(o.shape for o in s if o.cell == cell)]
+
+
+def test_parse_caption_inverts_caption_and_rejects_the_rest():
+    for i in range(200):
+        scene, _ = shapes.sample_scene("val", 3, i)
+        for lang in shapes.LANGS:
+            assert shapes.parse_caption(shapes.caption(scene, lang)) == (scene, lang)
+    two = shapes.parse_caption(
+        "A small blue square at the center and a large red circle at the top left"
+    )
+    assert two is not None and [o.cell for o in two[0]] == [0, 4]  # any order, sorted
+    assert shapes.parse_caption("左上方有一个大的红色圆形，中间有一个小的蓝色正方形")[1] == "zh"
+    for bad in (
+        "a large red circle at the moon",
+        "a large red circle",
+        "a large red circle at the top and a small red square at the top",  # same cell twice
+        " and ".join(["a large red circle at the top"] * 4),
+        "",
+    ):
+        assert shapes.parse_caption(bad) is None, bad

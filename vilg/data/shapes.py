@@ -8,6 +8,7 @@ train / val / test never share a scene (rejection-sample until the hash lands in
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,6 +155,41 @@ def caption(scene: Scene, lang: str = "en") -> str:
             for o in scene
         )
     raise ValueError(f"unknown language {lang!r}; expected 'en' or 'zh'")
+
+
+def parse_caption(text: str) -> tuple[Scene, str] | None:
+    """Inverse of `caption`: (scene, language) when `text` follows the caption grammar of either
+    language (objects in any order, each in a different cell), else None."""
+    text = " ".join(text.strip().lower().split())
+    en = re.fullmatch(_EN_CAPTION, text)
+    if en:
+        parts, lang = text.split(" and "), "en"
+        rx, names = _EN_OBJ, (SIZES, COLORS, SHAPES, CELLS)
+        order = (3, 0, 1, 2)  # groups: size, color, shape, cell
+    else:
+        parts, lang = re.split("[,，]", text.replace(" ", "")), "zh"
+        rx, names = _ZH_OBJ, (CELLS_ZH, SIZES_ZH, COLORS_ZH, SHAPES_ZH)
+        order = (0, 1, 2, 3)  # groups: cell, size, color, shape
+    objs = []
+    for part in parts:
+        m = re.fullmatch(rx, part)
+        if not m:
+            return None
+        g = [names[k].index(m.group(k + 1)) for k in range(4)]
+        cell, size, color, shape = (g[i] for i in order)
+        objs.append(Obj(cell, shape, color, size))
+    if not 1 <= len(objs) <= 3 or len({o.cell for o in objs}) != len(objs):
+        return None
+    return tuple(sorted(objs)), lang
+
+
+def _alt(words) -> str:
+    return "(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + ")"
+
+
+_EN_OBJ = f"a {_alt(SIZES)} {_alt(COLORS)} {_alt(SHAPES)} at the {_alt(CELLS)}"
+_EN_CAPTION = f"{_EN_OBJ}( and {_EN_OBJ})*"
+_ZH_OBJ = f"{_alt(CELLS_ZH)}有一个{_alt(SIZES_ZH)}的{_alt(COLORS_ZH)}{_alt(SHAPES_ZH)}"
 
 
 QUESTION_KINDS = ("color", "shape", "where", "count", "exists")

@@ -160,6 +160,7 @@ def train_run(
             **preset["generator"]["model"],
         )
         gen = UnifiedTransformer(gcfg)
+        tasks = preset["generator"].get("tasks", {})  # task mix: vqa_frac, vqa_weight, ...
         if stage == "generator":
             GeneratorTrainer(
                 gen,
@@ -172,6 +173,7 @@ def train_run(
                 tok,
                 device=dev,
                 vq=vq,
+                **tasks,
             ).fit()
         else:
             if _done(out / "generator"):  # start from the two-stage generator's weights
@@ -192,6 +194,7 @@ def train_run(
                 tok,
                 e2e_vq,
                 device=dev,
+                **tasks,
             ).fit()
         timings[stage] = round(time.perf_counter() - t, 1)
     timings["total"] = round(time.perf_counter() - t0, 1)

@@ -204,15 +204,25 @@ class GeneratorTrainer(Trainer):
         val_codes: torch.Tensor,
         tok: TextTokenizer,
         p_uncond: float = 0.1,
+        t2i_frac: float = 1.0,
+        cap_frac: float = 0.5,
         vqa_frac: float = 0.5,
         device="cpu",
         vq: VQGAN | None = None,
         kind_weights: dict | None = None,
+        vqa_weight: float = 1.0,
     ):
         self.pool, self.codes, self.val, self.val_codes, self.tok = pool, codes, val, val_codes, tok
         self.vq = vq  # only for sample grids
-        self.p_uncond, self.vqa_frac = p_uncond, vqa_frac
+        self.p_uncond = p_uncond
+        # rows per stream as fractions of the batch's images; VQA rows are short (a question
+        # and a 1-2 token answer), so vqa_frac > 1 asks several questions per image cheaply
+        if min(t2i_frac, cap_frac, vqa_frac) < 0 or t2i_frac + cap_frac + vqa_frac <= 0:
+            raise ValueError("t2i_frac, cap_frac and vqa_frac must be >= 0, not all zero")
+        self.fracs = (t2i_frac, cap_frac, vqa_frac)
         self.kind_weights = kind_weights  # None: uniform over question kinds
+        # an answer is 1-2 tokens against a caption's ~15: weight each answer token this much
+        self.vqa_weight = vqa_weight
         self.cap_ids = {lang: [tok.encode(t) for t in caps] for lang, caps in pool.texts.items()}
         super().__init__(model, cfg, out_dir, device)
 
@@ -220,31 +230,40 @@ class GeneratorTrainer(Trainer):
         return {"kind": "generator", **self.model.cfg.to_dict()}
 
     def make_batches(self, pool, codes, cap_ids, idx, rng, train=True):
-        """t2i batch over all of idx; image->text split into a caption batch and a VQA batch
-        (each padded to its own length: VQA rows are short)."""
+        """Three streams over the batch's images idx: text->image, captions and VQA, each
+        padded to its own length. Row j of a stream uses image idx[j mod B] (VQA rows start
+        after the caption rows, so an image is captioned or questioned first)."""
         tok, B, T = self.tok, len(idx), self.model.cfg.text_len
         langs = pool.langs
-        lang = [langs[int(rng.integers(len(langs)))] for _ in idx]
-        caps = [cap_ids[lg][i][: T - 1] for lg, i in zip(lang, idx)]
-        img = codes[torch.as_tensor(idx)]
-        drop = torch.from_numpy(rng.random(B) < self.p_uncond) if train else None
-        t2i = t2i_batch(tok, caps, img, self.model.boi, drop)
-        n_vqa = round(B * self.vqa_frac) if pool.scenes is not None else 0
-        n_cap = B - n_vqa
-        cap = i2t_batch(
-            tok,
-            [tok.lang_prompt(lg) for lg in lang[:n_cap]],
-            [c[: T - 2] for c in caps[:n_cap]],
-            img[:n_cap],
-        )
+        n_t2i, n_cap, n_vqa = (max(round(B * f), 1) if f > 0 else 0 for f in self.fracs)
+        if pool.scenes is None:  # no scenes, no questions: those rows become captions
+            n_cap, n_vqa = n_cap + n_vqa, 0
+        n = max(n_t2i, n_cap + n_vqa)
+        rows = np.asarray(idx)[np.arange(n) % B]
+        lang = [langs[int(rng.integers(len(langs)))] for _ in range(n)]
+        caps = [cap_ids[lg][i][: T - 1] for lg, i in zip(lang, rows)]
+        img = codes[torch.as_tensor(rows)]
+        t2i = None
+        if n_t2i:
+            drop = torch.from_numpy(rng.random(n_t2i) < self.p_uncond) if train else None
+            t2i = t2i_batch(tok, caps[:n_t2i], img[:n_t2i], self.model.boi, drop)
+            t2i["index"] = torch.as_tensor(rows[:n_t2i])  # pool index per row (end-to-end)
+        cap = None
+        if n_cap:
+            cap = i2t_batch(
+                tok,
+                [tok.lang_prompt(lg) for lg in lang[:n_cap]],
+                [c[: T - 2] for c in caps[:n_cap]],
+                img[:n_cap],
+            )
         vqa = None
         if n_vqa:
             prompts, answers = [], []
-            for lg, i in zip(lang[n_cap:], idx[n_cap:]):
+            for lg, i in zip(lang[n_cap : n_cap + n_vqa], rows[n_cap : n_cap + n_vqa]):
                 q, a = pool.question(int(i), lg, rng, self.kind_weights if train else None)
                 prompts.append(tok.encode(q) + [tok.sep_id])
                 answers.append(tok.encode(a))
-            vqa = i2t_batch(tok, prompts, answers, img[n_cap:])
+            vqa = i2t_batch(tok, prompts, answers, img[n_cap : n_cap + n_vqa])
         return t2i, cap, vqa
 
     def _text_stream(self, b):
@@ -261,20 +280,23 @@ class GeneratorTrainer(Trainer):
 
     def stream_losses(self, t2i, cap, vqa):
         m = self.model
-        t2i = {k: v.to(self.device) for k, v in t2i.items()}
-        h = m(T2I, t2i["text"], t2i["image_in"], t2i["text_lens"])
-        _, hi = m.split(T2I, h, t2i["text"].shape[1])
-        lg = m.image_logits(hi)
-        l_img = F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), t2i["target"].reshape(-1))
-        s_cap, n_cap, lg_cap = self._text_stream(cap)
+        l_img, lg, hi = None, None, None
+        if t2i is not None:
+            t2i = {k: v.to(self.device) for k, v in t2i.items()}
+            h = m(T2I, t2i["text"], t2i["image_in"], t2i["text_lens"])
+            _, hi = m.split(T2I, h, t2i["text"].shape[1])
+            lg = m.image_logits(hi)
+            l_img = F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), t2i["target"].reshape(-1))
+        s_cap, n_cap, lg_cap = self._text_stream(cap) if cap is not None else (0.0, 0, None)
         s_vqa, n_vqa, lg_vqa = self._text_stream(vqa) if vqa is not None else (0.0, 0, None)
-        # one mean over every target text token of both streams (captions and answers alike;
-        # measured better for captions than a separate mean per stream)
-        l_txt = (s_cap + s_vqa) / max(n_cap + n_vqa, 1)
+        # one weighted mean over every target text token of both streams (measured better for
+        # captions than a separate mean per stream)
+        w = self.vqa_weight
+        l_txt = (s_cap + w * s_vqa) / max(n_cap + w * n_vqa, 1) if n_cap + n_vqa else None
         return {
             "img": l_img,
             "txt": l_txt,
-            "cap": s_cap / max(n_cap, 1),
+            "cap": s_cap / n_cap if n_cap else None,
             "vqa": s_vqa / n_vqa if n_vqa else None,
             "lg_img": lg,
             "lg_cap": lg_cap,
@@ -283,11 +305,15 @@ class GeneratorTrainer(Trainer):
             "t2i": t2i,
         }
 
+    @staticmethod
+    def total(r) -> torch.Tensor:
+        return sum(r[k] for k in ("img", "txt") if r[k] is not None)
+
     def loss(self, step, micro):
         idx, rng = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
         r = self.stream_losses(*self.make_batches(self.pool, self.codes, self.cap_ids, idx, rng))
         logs = {k: r[k].detach() for k in ("img", "cap", "vqa") if r[k] is not None}
-        return r["img"] + r["txt"], logs, len(idx)
+        return self.total(r), logs, len(idx)
 
     def evaluate(self):
         """Teacher-forced accuracies on validation scenes (greedy-equivalent per token)."""
@@ -305,17 +331,18 @@ class GeneratorTrainer(Trainer):
                 ((lg.argmax(-1).cpu() == b["target"]) | ~b["mask"]).all(1).float().mean().item(), 4
             )
 
-        img_ok = (r["lg_img"].argmax(-1).cpu() == t2i["target"]).all(1).float()
-        out = {
-            "val_img_loss": round(r["img"].item(), 4),
-            "val_cap_loss": round(r["cap"].item(), 4),
-            "tf_image_exact": round(img_ok.mean().item(), 4),
-            "tf_caption_exact": exact(r["lg_cap"], cap),
-        }
+        out = {}
+        if t2i is not None:
+            img_ok = (r["lg_img"].argmax(-1).cpu() == t2i["target"]).all(1).float()
+            out["val_img_loss"] = round(r["img"].item(), 4)
+            out["tf_image_exact"] = round(img_ok.mean().item(), 4)
+        if cap is not None:
+            out["val_cap_loss"] = round(r["cap"].item(), 4)
+            out["tf_caption_exact"] = exact(r["lg_cap"], cap)
         if vqa is not None:
             out["val_vqa_loss"] = round(r["vqa"].item(), 4)
             out["tf_vqa_exact"] = exact(r["lg_vqa"], vqa)
-        if self.vq is not None:  # grid: teacher-forced argmax codes of 8 val prompts
+        if self.vq is not None and t2i is not None:  # grid: teacher-forced codes of 8 prompts
             H, W = self.model.cfg.grid
             codes = r["lg_img"][:8].argmax(-1).view(-1, H, W).to(self.device)
             save_grid(
@@ -349,6 +376,8 @@ class EndToEndTrainer(GeneratorTrainer):
     ):
         if model.z_head is None:
             raise ValueError("end-to-end training needs a generator built with code_dim > 0")
+        if kw.get("t2i_frac", 1.0) <= 0:
+            raise ValueError("end-to-end training needs text->image rows (t2i_frac > 0)")
         self.recon_weight = recon_weight
         super().__init__(model, cfg, out_dir, pool, codes, val, val_codes, tok, vq=vq, **kw)
         self.vq.to(self.device)
@@ -382,10 +411,10 @@ class EndToEndTrainer(GeneratorTrainer):
         idx, rng = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
         r = self.stream_losses(*self.make_batches(self.pool, self.codes, self.cap_ids, idx, rng))
         keep = r["t2i"]["text_lens"] > 1  # reconstruction only for captioned samples
-        x = self.pool.image_tensor(idx).to(self.device)
+        x = self.pool.image_tensor(r["t2i"]["index"].cpu().numpy()).to(self.device)
         xr = self.decode_hidden(r["h_img"])
         l_rec = F.mse_loss(xr[keep].float(), x[keep]) if bool(keep.any()) else xr.sum() * 0
-        loss = r["img"] + r["txt"] + self.recon_weight * l_rec
+        loss = self.total(r) + self.recon_weight * l_rec
         logs = {k: r[k].detach() for k in ("img", "cap", "vqa") if r[k] is not None}
         return loss, {**logs, "rec": l_rec.detach()}, len(idx)
 
