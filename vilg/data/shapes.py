@@ -160,36 +160,41 @@ def caption(scene: Scene, lang: str = "en") -> str:
 def parse_caption(text: str) -> tuple[Scene, str] | None:
     """Inverse of `caption`: (scene, language) when `text` follows the caption grammar of either
     language (objects in any order, each in a different cell), else None."""
-    text = " ".join(text.strip().lower().split())
-    en = re.fullmatch(_EN_CAPTION, text)
-    if en:
-        parts, lang = text.split(" and "), "en"
-        rx, names = _EN_OBJ, (SIZES, COLORS, SHAPES, CELLS)
-        order = (3, 0, 1, 2)  # groups: size, color, shape, cell
-    else:
-        parts, lang = re.split("[,，]", text.replace(" ", "")), "zh"
-        rx, names = _ZH_OBJ, (CELLS_ZH, SIZES_ZH, COLORS_ZH, SHAPES_ZH)
-        order = (0, 1, 2, 3)  # groups: cell, size, color, shape
-    objs = []
-    for part in parts:
-        m = re.fullmatch(rx, part)
-        if not m:
-            return None
-        g = [names[k].index(m.group(k + 1)) for k in range(4)]
-        cell, size, color, shape = (g[i] for i in order)
-        objs.append(Obj(cell, shape, color, size))
-    if not 1 <= len(objs) <= 3 or len({o.cell for o in objs}) != len(objs):
-        return None
-    return tuple(sorted(objs)), lang
+    text = " ".join(text.lower().split())
+    for lang, sep, rx, fields in _GRAMMARS:
+        objs = []
+        for part in re.split(sep, text if lang == "en" else text.replace(" ", "")):
+            m = re.fullmatch(rx, part)
+            if not m:
+                break
+            a = {f: names.index(m.group(k + 1)) for k, (f, names) in enumerate(fields)}
+            objs.append(Obj(a["cell"], a["shape"], a["color"], a["size"]))
+        else:
+            if not 1 <= len(objs) <= 3 or len({o.cell for o in objs}) != len(objs):
+                return None
+            return tuple(sorted(objs)), lang
+    return None
 
 
 def _alt(words) -> str:
     return "(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + ")"
 
 
-_EN_OBJ = f"a {_alt(SIZES)} {_alt(COLORS)} {_alt(SHAPES)} at the {_alt(CELLS)}"
-_EN_CAPTION = f"{_EN_OBJ}( and {_EN_OBJ})*"
-_ZH_OBJ = f"{_alt(CELLS_ZH)}有一个{_alt(SIZES_ZH)}的{_alt(COLORS_ZH)}{_alt(SHAPES_ZH)}"
+# per language: object separator, one object's pattern, and its groups' (field, names)
+_GRAMMARS = (
+    (
+        "en",
+        " and ",
+        f"a {_alt(SIZES)} {_alt(COLORS)} {_alt(SHAPES)} at the {_alt(CELLS)}",
+        (("size", SIZES), ("color", COLORS), ("shape", SHAPES), ("cell", CELLS)),
+    ),
+    (
+        "zh",
+        "[,，]",
+        f"{_alt(CELLS_ZH)}有一个{_alt(SIZES_ZH)}的{_alt(COLORS_ZH)}{_alt(SHAPES_ZH)}",
+        (("cell", CELLS_ZH), ("size", SIZES_ZH), ("color", COLORS_ZH), ("shape", SHAPES_ZH)),
+    ),
+)
 
 
 QUESTION_KINDS = ("color", "shape", "where", "count", "exists")

@@ -160,42 +160,29 @@ def train_run(
             **preset["generator"]["model"],
         )
         gen = UnifiedTransformer(gcfg)
-        tasks = preset["generator"].get("tasks", {})  # task mix: vqa_frac, vqa_weight, ...
         if stage == "generator":
-            GeneratorTrainer(
-                gen,
-                tcfg("generator"),
-                out / stage,
-                train,
-                codes,
-                val,
-                val_codes,
-                tok,
-                device=dev,
-                vq=vq,
-                **tasks,
-            ).fit()
+            trainer, image_vq = GeneratorTrainer, vq  # vq only draws sample grids here
         else:
             if _done(out / "generator"):  # start from the two-stage generator's weights
                 own = gen.state_dict()
                 src = ckpt.load_tensors(out / "generator" / "model.safetensors")
                 own.update({k: v for k, v in src.items() if k in own})
                 gen.load_state_dict(own)
-            e2e_vq = VQGAN(vq_cfg)
-            e2e_vq.load_state_dict(vq.state_dict())
-            EndToEndTrainer(
-                gen,
-                tcfg("end2end" if "end2end" in preset else "generator"),
-                out / stage,
-                train,
-                codes,
-                val,
-                val_codes,
-                tok,
-                e2e_vq,
-                device=dev,
-                **tasks,
-            ).fit()
+            trainer, image_vq = EndToEndTrainer, VQGAN(vq_cfg)  # its decoder is fine-tuned
+            image_vq.load_state_dict(vq.state_dict())
+        trainer(
+            gen,
+            tcfg(stage if stage in preset else "generator"),
+            out / stage,
+            train,
+            codes,
+            val,
+            val_codes,
+            tok,
+            vq=image_vq,
+            device=dev,
+            **preset["generator"].get("tasks", {}),  # task mix: vqa_frac, vqa_weight, ...
+        ).fit()
         timings[stage] = round(time.perf_counter() - t, 1)
     timings["total"] = round(time.perf_counter() - t0, 1)
     ckpt.atomic_write_json(out / "timings.json", timings)

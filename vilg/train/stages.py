@@ -376,10 +376,10 @@ class EndToEndTrainer(GeneratorTrainer):
     ):
         if model.z_head is None:
             raise ValueError("end-to-end training needs a generator built with code_dim > 0")
-        if kw.get("t2i_frac", 1.0) <= 0:
-            raise ValueError("end-to-end training needs text->image rows (t2i_frac > 0)")
         self.recon_weight = recon_weight
         super().__init__(model, cfg, out_dir, pool, codes, val, val_codes, tok, vq=vq, **kw)
+        if self.fracs[0] == 0:
+            raise ValueError("end-to-end training needs text->image rows (t2i_frac > 0)")
         self.vq.to(self.device)
 
     def parameters(self):
