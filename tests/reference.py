@@ -7,10 +7,14 @@ import math
 import torch
 
 
-def spec_mask(kind, text_len, grid, direction, window=11) -> torch.Tensor:
-    """The mask of attention-patterns.md, built element by element in plain Python."""
-    T, (H, W) = text_len, grid
-    L, half = T + H * W, window // 2
+def spec_mask(kind, text_len, grid, direction, window=11, answer_len=0) -> torch.Tensor:
+    """The mask of attention-patterns.md, built element by element in plain Python.
+
+    direction="vqa": [question (text_len) | image | answer (answer_len)], question and image
+    bidirectional source, answer causal over everything before it."""
+    T, (H, W), A = text_len, grid, answer_len
+    N = H * W
+    L, half = T + N + A, window // 2
 
     def pattern(qi, ki):
         (qr, qc), (kr, kc) = divmod(qi, W), divmod(ki, W)
@@ -29,6 +33,13 @@ def spec_mask(kind, text_len, grid, direction, window=11) -> torch.Tensor:
                     ok = k < T
                 else:
                     ok = k < T or (pattern(q - T, k - T) and k <= q)
+            elif direction == "vqa":
+                if q < T:  # question: the whole source
+                    ok = k < T + N
+                elif q < T + N:  # image: the question and its pattern
+                    ok = k < T or (T <= k < T + N and pattern(q - T, k - T))
+                else:  # answer: source and earlier answer tokens
+                    ok = k <= q
             else:
                 if q >= H * W:
                     ok = k < H * W or k <= q

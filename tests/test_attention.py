@@ -9,7 +9,7 @@ from reference import rel_err
 from vilg.layouts import KINDS, ernie_vilg
 from vilg.ops import sparse_attention
 
-DIRECTIONS = ("text2image", "image2text")
+DIRECTIONS = ("text2image", "image2text", "vqa")
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
 
 
@@ -44,7 +44,8 @@ CASES = list(itertools.product(KINDS, DIRECTIONS, [(4, 4), (5, 7)], [False, True
 @pytest.mark.parametrize("kind,direction,grid,padded", CASES)
 def test_matches_dense_fp32(gen, kind, direction, grid, padded):
     T = 6
-    lay = ernie_vilg(kind, T, grid, direction, window=3, block_size=16)
+    A = 5 if direction == "vqa" else 0
+    lay = ernie_vilg(kind, T, grid, direction, window=3, block_size=16, answer_len=A)
     q, k, v = _inputs(gen, 3, 2, lay.seq_len, 24)
     lens = torch.tensor([T, 2, 5]) if padded else None
     _check(lay, q, k, v, lens)

@@ -40,12 +40,14 @@ TOL = {torch.float16: 3e-3, torch.bfloat16: 1e-2, torch.float32: 1e-4}
 LSE_ATOL = {torch.float16: 1e-3, torch.bfloat16: 1e-3, torch.float32: 1e-4}
 # (text length, image grid): L = 216 (last tile partial) and L = 320 (whole tiles)
 GRIDS = {"odd": (21, (13, 15)), "even": (64, (16, 16))}
+ANSWER = {"odd": 11, "even": 64}  # vqa's answer segment (keeps "even" in whole tiles)
 BATCH, HEADS = 3, 2
 
 
 def make_layout(kind: str, direction: str, parity: str) -> Layout:
     text, grid = GRIDS[parity]
-    return ernie_vilg(kind, text, grid, direction=direction, window=7)
+    answer = ANSWER[parity] if direction == "vqa" else 0
+    return ernie_vilg(kind, text, grid, direction=direction, window=7, answer_len=answer)
 
 
 def text_lens(layout: Layout, padded: bool, device) -> torch.Tensor | None:

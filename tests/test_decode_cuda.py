@@ -26,7 +26,8 @@ TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 @pytest.mark.parametrize("direction", DIRECTIONS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_matches_dense_and_cpu(kind, direction, dtype):
-    layout = ernie_vilg(kind, 16, (8, 8), direction=direction, window=5)
+    answer = 9 if direction == "vqa" else 0
+    layout = ernie_vilg(kind, 16, (8, 8), direction=direction, window=5, answer_len=answer)
     L = layout.seq_len
     g = torch.Generator().manual_seed(30)
     B, H, D = 3, 2, 64

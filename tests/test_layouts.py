@@ -7,14 +7,26 @@ from reference import spec_mask
 from vilg.layouts import KINDS, Layout, ernie_vilg, schedule
 
 GRIDS = [(4, 4), (5, 7), (3, 6)]
-DIRECTIONS = ("text2image", "image2text")
+DIRECTIONS = ("text2image", "image2text", "vqa")
+
+
+def _answer(direction):
+    return 4 if direction == "vqa" else 0
 
 
 @pytest.mark.parametrize("kind,direction,grid", list(itertools.product(KINDS, DIRECTIONS, GRIDS)))
 def test_dense_mask_matches_spec(kind, direction, grid):
-    lay = ernie_vilg(kind, 5, grid, direction, window=3)
-    assert lay.seq_len == 5 + grid[0] * grid[1]
-    assert torch.equal(lay.dense_mask(), spec_mask(kind, 5, grid, direction, window=3))
+    A = _answer(direction)
+    lay = ernie_vilg(kind, 5, grid, direction, window=3, answer_len=A)
+    assert lay.seq_len == 5 + grid[0] * grid[1] + A
+    assert torch.equal(lay.dense_mask(), spec_mask(kind, 5, grid, direction, 3, A))
+
+
+def test_vqa_layout_without_answer_is_the_bidirectional_source():
+    lay = ernie_vilg("row", 4, (3, 3), "vqa")
+    assert lay.dense_mask()[:4].all()  # question sees question and image
+    with pytest.raises(ValueError, match="answer_len"):
+        ernie_vilg("row", 4, (3, 3), "image2text", answer_len=2)
 
 
 def test_default_window_is_eleven():
@@ -43,7 +55,9 @@ def _unpack(lay: Layout) -> torch.Tensor:
 @pytest.mark.parametrize("kind,direction", list(itertools.product(KINDS, DIRECTIONS)))
 @pytest.mark.parametrize("block", [16, 32, 64])
 def test_block_sparse_form_reproduces_mask(kind, direction, block):
-    lay = ernie_vilg(kind, 9, (6, 7), direction, window=5, block_size=block)
+    lay = ernie_vilg(
+        kind, 9, (6, 7), direction, window=5, block_size=block, answer_len=3 * _answer(direction)
+    )
     order = lay._arrays["perm"]
     dense = lay.dense_mask()
     if order is not None:

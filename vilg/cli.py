@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import unicodedata
 from pathlib import Path
 
 DEFAULT_RUN = "runs/demo"
@@ -62,7 +63,8 @@ def _shapes_prompt(run: str, prompt: str):
         )
     scene, lang = parsed
     canon = shapes.caption(scene, lang)
-    if " ".join(prompt.lower().split()) != canon:
+    said = " ".join(unicodedata.normalize("NFKC", prompt).lower().split())  # "，" -> ","
+    if (said if lang == "en" else said.replace(" ", "")) != canon:
         return scene, f"the model was trained on captions in cell order; closest: {canon!r}"
     return scene, None
 

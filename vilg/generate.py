@@ -17,7 +17,7 @@ from vilg.data.sequences import pad
 from vilg.data.text_tokenizer import PromptError, TextTokenizer
 from vilg.data.user import preprocess
 from vilg.model.matcher import Matcher, MatcherConfig
-from vilg.model.transformer import I2T, T2I, GPTConfig, UnifiedTransformer
+from vilg.model.transformer import I2T, T2I, VQA, GPTConfig, UnifiedTransformer
 from vilg.model.vqgan import VQGAN, VQConfig
 from vilg.train import checkpoint as ckpt
 
@@ -200,8 +200,12 @@ class Pipeline:
         return self.vq.encode(images.to(self.device)).flatten(1)
 
     @torch.no_grad()
-    def _decode_text(self, codes: torch.Tensor, prompt: list[int], beam: int = 1) -> list[str]:
-        """Greedy (beam=1) or beam search continuation of [BOS] + prompt after the image."""
+    def _decode_text(
+        self, codes: torch.Tensor, prompt: list[int], beam: int = 1, question: bool = False
+    ) -> list[str]:
+        """Greedy (beam=1) or beam search text after the image: the continuation of
+        [BOS] + prompt (captions), or with question=True the answer to the question `prompt`,
+        which sits in the source before the image (the vqa layout)."""
         m, dev = self.gen, self.device
         N, T = m.cfg.n_image, m.cfg.text_len
         prefix = [self.tok.bos_id] + prompt
@@ -213,8 +217,13 @@ class Pipeline:
         codes = codes.repeat_interleave(k, 0)
         text = torch.tensor([prefix] * (B * k), device=dev)
         caches = m.new_caches(B * k, N + T, dev)
-        h = m(I2T, text, codes, None, caches=caches)[:, -1]
-        pos = N + len(prefix) - 1
+        if question:
+            direction, src_len, pos = VQA, len(prefix), len(prefix) + N
+            sep = torch.full((B * k, 1), self.tok.sep_id, device=dev)
+            h = m(VQA, text, codes, None, caches=caches, answer_ids=sep)[:, -1]
+        else:
+            direction, src_len, pos = I2T, T, N + len(prefix) - 1
+            h = m(I2T, text, codes, None, caches=caches)[:, -1]
         out = torch.zeros(B * k, 0, dtype=torch.long, device=dev)
         score = torch.zeros(B, k, device=dev)
         score[:, 1:] = -1e9  # all beams start identical: keep one alive at first
@@ -243,7 +252,7 @@ class Pipeline:
             pos += 1
             if bool(done.all()) or pos >= N + T:
                 break
-            h = m.step(I2T, nxt, pos, T, caches)
+            h = m.step(direction, nxt, pos, src_len, caches)
         best = out.view(B, k, -1)[:, 0] if k > 1 else out
         return [self.tok.decode(r.tolist()) for r in best]
 
@@ -251,8 +260,8 @@ class Pipeline:
         return self._decode_text(self.image_codes(images), self.tok.lang_prompt(lang), beam)
 
     def answer(self, images: torch.Tensor, question: str) -> list[str]:
-        q = self.tok.encode(question, strict=True) + [self.tok.sep_id]
-        return self._decode_text(self.image_codes(images), q, 1)
+        q = self.tok.encode(question, strict=True)
+        return self._decode_text(self.image_codes(images), q, 1, question=True)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

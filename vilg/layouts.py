@@ -1,7 +1,8 @@
 """Attention layouts: which key each query may attend, in dense and block-sparse form.
 
 `ernie_vilg` builds the exact patterns of ERNIE-ViLG (row / column / conv over an image grid
-plus a text prefix, see shared/specs/attention-patterns.md). Any other pattern comes from a
+plus a text prefix, see shared/specs/attention-patterns.md), plus "vqa": image->text with the
+question in the bidirectional source, [question | image | answer]. Any other pattern comes from a
 dense boolean mask or a FlexAttention-style ``mask_mod(q_idx, kv_idx)``.
 
 The kernels see a layout in *kernel order*: an optional permutation of the sequence (column
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 KINDS = ("full", "row", "column", "conv")
-DIRECTIONS = ("text2image", "image2text")
+DIRECTIONS = ("text2image", "image2text", "vqa")
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -42,12 +43,13 @@ class PatternSpec:
     grid: tuple[int, int]
     direction: str
     window: int
+    answer_len: int = 0  # vqa only: length of the answer segment after the image
 
 
 def _pattern_mask_mod(spec: PatternSpec) -> MaskMod:
     T, (H, W), win = spec.text_len, spec.grid, spec.window // 2
-    text2image = spec.direction == "text2image"
-    img0 = T if text2image else 0  # first image position
+    text2image, vqa = spec.direction == "text2image", spec.direction == "vqa"
+    img0 = 0 if spec.direction == "image2text" else T  # first image position
 
     def image_pattern(qi, ki):
         qr, qc, kr, kc = qi // W, qi % W, ki // W, ki % W
@@ -67,6 +69,11 @@ def _pattern_mask_mod(spec: PatternSpec) -> MaskMod:
         img_ok = k_img & image_pattern(qi, ki)
         if text2image:
             return (q_txt & k_txt) | (q_img & (k_txt | (img_ok & (ki <= qi))))
+        if vqa:  # source = question + image (bidirectional), target = answer (causal)
+            k_src = k < img0 + H * W
+            q_ans = q >= img0 + H * W
+            k_qst = k < img0
+            return (q_txt & ((q_ans & (k <= q)) | k_src)) | (q_img & (k_qst | img_ok))
         return (q_txt & (k_img | (k_txt & (k <= q)))) | (q_img & img_ok)
 
     return mask_mod
@@ -274,6 +281,7 @@ class Layout:
         what = (
             f"{self.spec.kind}, {self.spec.direction}, text={self.spec.text_len}, "
             f"grid={self.spec.grid}"
+            + (f", answer={self.spec.answer_len}" if self.spec.direction == "vqa" else "")
             if self.spec
             else "custom"
         )
@@ -290,9 +298,15 @@ def ernie_vilg(
     direction: str = "text2image",
     window: int = 11,
     block_size: int = 64,
+    answer_len: int = 0,
 ) -> Layout:
     """The ERNIE-ViLG layout of one layer: `kind` in full|row|column|conv, sequence
-    [text | image] (text2image) or [image | text] (image2text) with an H x W image grid."""
+    [text | image] (text2image) or [image | text] (image2text) with an H x W image grid.
+
+    direction="vqa" is image->text with the question in the source (UniLM style): sequence
+    [question (text_len) | image | answer (answer_len)]; question and image attend each other
+    bidirectionally (image keys under the layer's pattern for image queries), the answer attends
+    the whole source and itself causally. `text_lens` pads the question segment."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if direction not in DIRECTIONS:
@@ -307,10 +321,12 @@ def ernie_vilg(
         raise ValueError(f"grid must be positive, got {grid!r}")
     if kind == "conv" and (not isinstance(window, int) or window < 1 or window % 2 == 0):
         raise ValueError(f"window must be a positive odd int, got {window!r}")
-    spec = PatternSpec(kind, text_len, (H, W), direction, window)
-    L = text_len + H * W
-    img0 = text_len if direction == "text2image" else 0
-    txt0 = 0 if direction == "text2image" else H * W
+    if not isinstance(answer_len, int) or answer_len < 0 or (answer_len and direction != "vqa"):
+        raise ValueError(f"answer_len must be a non-negative int (vqa only), got {answer_len!r}")
+    spec = PatternSpec(kind, text_len, (H, W), direction, window, answer_len)
+    L = text_len + H * W + answer_len
+    img0 = 0 if direction == "image2text" else text_len
+    txt0 = H * W if direction == "image2text" else 0
     perm = None
     if kind == "column":
         # column-major image order makes each column contiguous: column attention becomes row

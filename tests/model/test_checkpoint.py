@@ -90,7 +90,17 @@ def test_task_mix_sets_rows_per_stream_and_trains(setup, tmp_path):
     tr = _gen_trainer(setup, tmp_path / "mix", t2i_frac=0.5, cap_frac=0.5, vqa_frac=2.0)
     idx = np.arange(6)
     t2i, cap, vqa = tr.make_batches(tr.pool, tr.codes, tr.cap_ids, idx, np.random.default_rng(0))
-    assert len(t2i["text"]) == 3 and len(cap["text"]) == 3 and len(vqa["text"]) == 12
+    assert len(t2i["text"]) == 3 and len(cap["text"]) == 3 and len(vqa["question"]) == 12
+    # question in the source: [BOS] question | image | [SEP] answer -> answer [EOS]
+    tok = tr.tok
+    assert (vqa["question"][:, 0] == tok.bos_id).all()
+    assert (vqa["answer_in"][:, 0] == tok.sep_id).all()
+    n = vqa["mask"].sum(1)
+    assert (vqa["target"][torch.arange(12), n - 1] == tok.eos_id).all()
+    assert torch.equal(
+        vqa["answer_in"][:, 1:][vqa["mask"][:, 1:]],
+        vqa["target"][vqa["mask"]][vqa["target"][vqa["mask"]] != tok.eos_id],
+    )
     # VQA rows continue after the caption rows, cycling over the batch's images
     want = tr.codes[torch.as_tensor(np.arange(3, 15) % 6)]
     assert torch.equal(vqa["image"], want)

@@ -65,6 +65,10 @@ def test_cli_commands_and_clear_errors(tiny_run, tmp_path, capsys):
     swapped = "a small blue square at the center and a large red circle at the top left"
     assert main(["generate", swapped, "-n", "1", "--run", run, "-o", str(out)]) == 0
     assert "cell order" in capsys.readouterr().err
+    # a Chinese prompt in cell order typed with full-width punctuation is accepted as is
+    zh = "左上方有一个大的红色圆形，中间有一个小的蓝色正方形"
+    assert main(["generate", zh, "-n", "1", "--run", run, "-o", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
     img = tmp_path / "x.png"
     Image.fromarray(render(sample_scene("test", 0, 1)[0], 48)).save(img)
     assert main(["caption", str(img), "--lang", "en,zh", "--run", run]) == 0

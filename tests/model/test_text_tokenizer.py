@@ -19,6 +19,12 @@ def test_chinese_is_one_token_per_character(tok):
     assert len(ids) == 12 and tok.unk_id not in ids
 
 
+def test_full_width_punctuation_is_folded(tok):
+    half = "左上方有一个大的红色圆形,中间有一个小的蓝色正方形"
+    assert tok.encode(half.replace(",", "，"), strict=True) == tok.encode(half, strict=True)
+    assert tok.encode("有几个物体？", strict=True) == tok.encode("有几个物体?", strict=True)
+
+
 def test_unknown_words_and_empty_prompts_are_reported(tok):
     with pytest.raises(PromptError, match="zebra"):
         tok.encode("a red zebra at the top", strict=True)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vilg.model.transformer import I2T, T2I, GPTConfig, UnifiedTransformer
+from vilg.model.transformer import I2T, T2I, VQA, GPTConfig, UnifiedTransformer
 
 
 @pytest.fixture
@@ -70,6 +70,57 @@ def test_kv_cache_decode_matches_full_forward(model, direction):
         for t in range(2, T):
             h = model.step(I2T, text[:, t], N + t, T, caches)
             assert torch.allclose(h, full[:, N + t], atol=1e-4), t
+
+
+def _vqa_inputs():
+    g = torch.Generator().manual_seed(2)
+    question = torch.randint(5, 30, (2, 5), generator=g)
+    return (
+        question,
+        torch.randint(0, 12, (2, 9), generator=g),
+        torch.randint(5, 30, (2, 4), generator=g),
+    )
+
+
+def test_vqa_image_reads_the_question_and_answer_is_causal(model):
+    question, img, answer = _vqa_inputs()
+    h = model(VQA, question, img, answer_ids=answer)
+    q2 = question.clone()
+    q2[:, 2] = (q2[:, 2] + 1) % 30
+    h2 = model(VQA, q2, img, answer_ids=answer)
+    assert not torch.allclose(h[:, 5:14], h2[:, 5:14], atol=1e-5)  # image positions see it
+    a2 = answer.clone()
+    a2[:, 2:] = 1
+    h3 = model(VQA, question, img, answer_ids=a2)
+    assert torch.allclose(h[:, :16], h3[:, :16], atol=1e-5)  # source + answers before 2
+    assert not torch.allclose(h[:, 16:], h3[:, 16:], atol=1e-5)
+    with pytest.raises(ValueError, match="answer_ids"):
+        model(VQA, question, img)
+
+
+def test_vqa_padded_question_equals_unpadded(model):
+    # sample 1's question has 3 real tokens: padded to 5 it must give the same answer states
+    # (padding masked, answer positions continuing from 3) as the 3-token question alone
+    question, img, answer = _vqa_inputs()
+    padded = question.clone()
+    padded[1, 3:] = 0
+    h = model(VQA, padded, img, torch.tensor([5, 3]), answer_ids=answer)
+    alone = model(VQA, question[1:, :3], img[1:], answer_ids=answer[1:])
+    assert torch.allclose(h[1, 5 + 9 :], alone[0, 3 + 9 :], atol=1e-5)
+    assert torch.allclose(h[1, 5:14], alone[0, 3:12], atol=1e-5)
+
+
+def test_vqa_kv_cache_decode_matches_full_forward(model):
+    question, img, answer = _vqa_inputs()
+    lens = torch.tensor([5, 2])
+    T, N, A = 5, 9, answer.shape[1]
+    full = model(VQA, question, img, lens, answer_ids=answer)
+    caches = model.new_caches(2, N + model.cfg.text_len, "cpu")
+    pre = model(VQA, question, img, lens, caches=caches, answer_ids=answer[:, :1])
+    assert torch.allclose(pre[:, -1], full[:, T + N], atol=1e-5)
+    for j in range(1, A):
+        h = model.step(VQA, answer[:, j], T + N + j, T, caches, lens)
+        assert torch.allclose(h, full[:, T + N + j], atol=1e-4), j
 
 
 def test_text_too_long_is_rejected(model):

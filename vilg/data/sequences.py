@@ -43,7 +43,7 @@ def i2t_batch(
 ) -> dict:
     """Sequence [BOS] prompt answer [EOS]; loss only on answer + EOS.
 
-    Captioning: empty prompt. VQA: prompt = question + [SEP].
+    Captioning: prompt = the language tag.
     """
     full = [[tok.bos_id] + p + a + [tok.eos_id] for p, a in zip(prompts, answers)]
     inp, lens = pad([s[:-1] for s in full], tok.pad_id)
@@ -52,3 +52,22 @@ def i2t_batch(
     for i, p in enumerate(prompts):
         mask[i, len(p) : lens[i]] = True
     return {"text": inp, "text_lens": lens, "image": images, "target": tgt, "mask": mask}
+
+
+def vqa_batch(
+    tok: TextTokenizer, questions: list[list[int]], answers: list[list[int]], images: torch.Tensor
+) -> dict:
+    """Question in the source: [BOS] question (padded, question_lens) | image | [SEP] answer,
+    predicting answer + [EOS]; the loss mask covers the answer segment's real positions."""
+    question, qlens = pad([[tok.bos_id] + q for q in questions], tok.pad_id)
+    answer_in, alens = pad([[tok.sep_id] + a for a in answers], tok.pad_id)
+    target, _ = pad([a + [tok.eos_id] for a in answers], tok.pad_id)
+    mask = torch.arange(target.shape[1])[None, :] < alens[:, None]
+    return {
+        "question": question,
+        "question_lens": qlens,
+        "image": images,
+        "answer_in": answer_in,
+        "target": target,
+        "mask": mask,
+    }

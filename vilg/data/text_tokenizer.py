@@ -40,9 +40,16 @@ class TextTokenizer:
     @classmethod
     def train(cls, corpus: list[str], vocab_size: int = 1000) -> TextTokenizer:
         tok = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100))
-        # BertNormalizer puts spaces around CJK characters: one token per Chinese character.
-        tok.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=True
+        # NFKC folds full-width punctuation ("，" "？", what Chinese keyboards type) into the
+        # corpus's ASCII forms; BertNormalizer then puts spaces around CJK characters: one
+        # token per Chinese character.
+        tok.normalizer = normalizers.Sequence(
+            [
+                normalizers.NFKC(),
+                normalizers.BertNormalizer(
+                    clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=True
+                ),
+            ]
         )
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()

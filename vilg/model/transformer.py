@@ -3,6 +3,9 @@
 Both directions share every block; only the attention mask differs (attention-patterns.md):
   text2image: [text | image], text bidirectional, image causal under the layer's sparse pattern
   image2text: [image | text], image bidirectional under the pattern, text causal
+  vqa:        [question | image | answer], question and image one bidirectional source (so the
+              image positions can read the question), answer causal; answer positions continue
+              the question's text positions
 Layer i uses `vilg.layouts.schedule(n_layer)[i]` (row / column / conv) through
 `vilg.ops.sparse_attention`. Text and image have their own embeddings and output heads;
 image tokens get 2-D (row + column) positions.
@@ -24,7 +27,8 @@ from torch.utils.checkpoint import checkpoint
 
 from vilg import layouts, ops
 
-T2I, I2T = "text2image", "image2text"
+T2I, I2T, VQA = "text2image", "image2text", "vqa"
+DIRS = (T2I, I2T, VQA)
 
 
 @dataclass
@@ -117,7 +121,7 @@ class UnifiedTransformer(nn.Module):
         self.image_emb = nn.Embedding(cfg.image_vocab + 1, d)  # + BOI
         self.row_pos = nn.Embedding(H, d)
         self.col_pos = nn.Embedding(W, d)
-        self.dir_emb = nn.Embedding(2, d)  # which stream: lets shared weights tell them apart
+        self.dir_emb = nn.Embedding(len(DIRS), d)  # which stream: shared weights tell them apart
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d)
@@ -149,12 +153,17 @@ class UnifiedTransformer(nn.Module):
     def boi(self) -> int:
         return self.cfg.image_vocab
 
-    def layouts_for(self, direction: str, text_len: int) -> list:
-        key = (direction, text_len)
+    def layouts_for(self, direction: str, text_len: int, answer_len: int = 0) -> list:
+        key = (direction, text_len, answer_len)
         if key not in self._layouts:
             self._layouts[key] = [
                 layouts.ernie_vilg(
-                    k, text_len, self.cfg.grid, direction=direction, window=self.cfg.window
+                    k,
+                    text_len,
+                    self.cfg.grid,
+                    direction=direction,
+                    window=self.cfg.window,
+                    answer_len=answer_len,
                 )
                 for k in self.kinds
             ]
@@ -162,8 +171,10 @@ class UnifiedTransformer(nn.Module):
 
     # ------------------------------------------------------------------ embeddings
 
-    def embed_text(self, ids, start: int = 0):
-        pos = torch.arange(start, start + ids.shape[1], device=ids.device)
+    def embed_text(self, ids, start=0):
+        """start: first text position, an int or a per-sample [B] tensor (vqa answers)."""
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        pos = pos + (start[:, None] if torch.is_tensor(start) else start)
         return self.text_emb(ids) + self.text_pos(pos)
 
     def embed_image(self, ids, start: int = 0):
@@ -171,26 +182,39 @@ class UnifiedTransformer(nn.Module):
         pos = torch.arange(start, start + ids.shape[1], device=ids.device)
         return self.image_emb(ids) + self.row_pos(pos // W) + self.col_pos(pos % W)
 
-    def embed(self, direction: str, text_ids, image_ids):
+    def embed(self, direction: str, text_ids, image_ids, answer_ids=None, text_lens=None):
         t, i = self.embed_text(text_ids), self.embed_image(image_ids)
-        x = torch.cat([t, i] if direction == T2I else [i, t], dim=1)
-        return x + self.dir_emb.weight[0 if direction == T2I else 1]
+        if direction == VQA:
+            start = text_ids.shape[1] if text_lens is None else text_lens.to(text_ids.device)
+            x = torch.cat([t, i, self.embed_text(answer_ids, start)], dim=1)
+        else:
+            x = torch.cat([t, i] if direction == T2I else [i, t], dim=1)
+        return x + self.dir_emb.weight[DIRS.index(direction)]
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, direction: str, text_ids, image_ids, text_lens=None, caches=None):
+    def forward(
+        self, direction: str, text_ids, image_ids, text_lens=None, caches=None, answer_ids=None
+    ):
         """text_ids [B, T], image_ids [B, H*W] (inputs, already shifted) -> hidden [B, L, d].
 
-        Returns the final hidden states after ln_f; use `text_logits` / `image_logits` on the
-        relevant slice. `caches` (list of (k, v) per layer) is filled for KV-cached decoding.
+        vqa: text_ids is the question (padded, `text_lens`), answer_ids [B, A] the answer's
+        inputs. Returns the final hidden states after ln_f; use `text_logits` / `image_logits`
+        on the slice from `split`. `caches` (list of (k, v) per layer) is filled for KV-cached
+        decoding.
         """
-        if direction not in (T2I, I2T):
-            raise ValueError(f"direction must be {T2I!r} or {I2T!r}")
+        if direction not in DIRS:
+            raise ValueError(f"direction must be one of {DIRS}, got {direction!r}")
+        if (answer_ids is not None) != (direction == VQA):
+            raise ValueError("answer_ids is required for vqa and only for vqa")
         T = text_ids.shape[1]
-        if T > self.cfg.text_len:
-            raise ValueError(f"text segment of {T} tokens exceeds text_len={self.cfg.text_len}")
-        lays = self.layouts_for(direction, T)
-        x = self.drop(self.embed(direction, text_ids, image_ids))
+        A = 0 if answer_ids is None else answer_ids.shape[1]
+        if T + A > self.cfg.text_len:
+            raise ValueError(
+                f"text of {T + A} tokens exceeds the model's text_len={self.cfg.text_len}"
+            )
+        lays = self.layouts_for(direction, T, A)
+        x = self.drop(self.embed(direction, text_ids, image_ids, answer_ids, text_lens))
         for i, blk in enumerate(self.blocks):
             cache = caches[i] if caches is not None else None
             if self.grad_checkpointing and self.training and cache is None:
@@ -200,8 +224,10 @@ class UnifiedTransformer(nn.Module):
         return self.ln_f(x)
 
     def split(self, direction: str, h, T: int):
-        """hidden -> (text part, image part)."""
+        """hidden -> (text part, image part); vqa's text part is the answer."""
         n = self.cfg.n_image
+        if direction == VQA:
+            return h[:, T + n :], h[:, T : T + n]
         return (h[:, :T], h[:, T:]) if direction == T2I else (h[:, n:], h[:, :n])
 
     def text_logits(self, h):
@@ -223,14 +249,21 @@ class UnifiedTransformer(nn.Module):
         ]
 
     def step(self, direction: str, token, pos: int, T: int, caches, text_lens=None):
-        """Feed the input token at sequence position `pos`; returns the hidden state [B, d]."""
+        """Feed the input token at sequence position `pos`; returns the hidden state [B, d].
+
+        T: the source's text length (vqa: the padded question, real lengths in text_lens)."""
         n = self.cfg.n_image
+        A = 0
         if direction == T2I:
             x = self.embed_image(token[:, None], start=pos - T)[:, 0]
-        else:
+        elif direction == I2T:
             x = self.embed_text(token[:, None], start=pos - n)[:, 0]
-        x = x + self.dir_emb.weight[0 if direction == T2I else 1]
-        lays = self.layouts_for(direction, T)
+        else:  # answer token j = pos - T - n continues the question's positions
+            A = self.cfg.text_len - T  # the longest answer: one layout for every step
+            start = T if text_lens is None else text_lens.to(token.device)
+            x = self.embed_text(token[:, None], start=start + pos - T - n)[:, 0]
+        x = x + self.dir_emb.weight[DIRS.index(direction)]
+        lays = self.layouts_for(direction, T, A)
         for i, blk in enumerate(self.blocks):
             x = blk.step(x, lays[i], pos, caches[i], text_lens)
         return self.ln_f(x)

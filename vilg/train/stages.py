@@ -14,11 +14,11 @@ import torch.nn.functional as F
 
 from vilg.data import shapes
 from vilg.data.pool import Pool
-from vilg.data.sequences import i2t_batch, pad, t2i_batch
+from vilg.data.sequences import i2t_batch, pad, t2i_batch, vqa_batch
 from vilg.data.text_tokenizer import TextTokenizer
 from vilg.generate import save_grid
 from vilg.model.matcher import Matcher
-from vilg.model.transformer import I2T, T2I, UnifiedTransformer
+from vilg.model.transformer import I2T, T2I, VQA, UnifiedTransformer
 from vilg.model.vqgan import VQGAN, code_stats, psnr
 from vilg.train.trainer import TrainConfig, Trainer
 
@@ -258,19 +258,24 @@ class GeneratorTrainer(Trainer):
             )
         vqa = None
         if n_vqa:
-            prompts, answers = [], []
+            questions, answers = [], []
             for lg, i in zip(lang[n_cap : n_cap + n_vqa], rows[n_cap : n_cap + n_vqa]):
                 q, a = pool.question(int(i), lg, rng, self.kind_weights if train else None)
-                prompts.append(tok.encode(q) + [tok.sep_id])
+                questions.append(tok.encode(q))
                 answers.append(tok.encode(a))
-            vqa = i2t_batch(tok, prompts, answers, img[n_cap : n_cap + n_vqa])
+            vqa = vqa_batch(tok, questions, answers, img[n_cap : n_cap + n_vqa])
         return t2i, cap, vqa
 
     def _text_stream(self, b):
         m = self.model
         b = {k: v.to(self.device) for k, v in b.items()}
-        h = m(I2T, b["text"], b["image"], b["text_lens"])
-        lg = m.text_logits(m.split(I2T, h, b["text"].shape[1])[0])
+        if "question" in b:
+            q = b["question"]
+            h = m(VQA, q, b["image"], b["question_lens"], answer_ids=b["answer_in"])
+            lg = m.text_logits(m.split(VQA, h, q.shape[1])[0])
+        else:
+            h = m(I2T, b["text"], b["image"], b["text_lens"])
+            lg = m.text_logits(m.split(I2T, h, b["text"].shape[1])[0])
         mask = b["mask"]
         return (
             F.cross_entropy(lg[mask].float(), b["target"][mask], reduction="sum"),
