@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import unicodedata
 from pathlib import Path
@@ -11,10 +12,14 @@ from pathlib import Path
 DEFAULT_RUN = "runs/demo"
 
 
-def _threads(n: int) -> None:
+def _threads(n: int | None) -> None:
     import torch
 
-    # small models on few cores: one thread avoids spin-waiting when the machine is shared
+    # default: every core this process may use (a demo generator step on 2 cores measured
+    # 1.7x faster with 2 threads than with 1); --threads 1 suits a shared machine
+    if not n:
+        aff = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere all cores
+        n = len(aff(0)) if aff else os.cpu_count() or 1
     torch.set_num_threads(max(1, n))
 
 
@@ -155,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vilg", description="ERNIE-ViLG style bidirectional text<->image generation"
     )
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: all usable cores)"
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def run_opts(sp):

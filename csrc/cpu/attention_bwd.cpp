@@ -1,6 +1,14 @@
 // Block-sparse attention backward on the CPU, FlashAttention-2 style: probabilities are
-// recomputed from the saved log-sum-exp. Two passes with no atomics, so results are
-// deterministic: dQ per query tile (CSR), then dK/dV per key tile (CSC).
+// recomputed from the saved log-sum-exp. No atomics, so results are deterministic. Two
+// schedules: "fused" walks each (batch, head) once and computes every tile pair's P and dS a
+// single time, accumulating dK/dV in per-thread buffers; "tiles" splits the work into a dQ pass
+// per query tile (CSR) and a dK/dV pass per key tile (CSC), recomputing P and dS in each, but
+// has batch x heads x tiles tasks to spread over the threads. Fused is used when batch x heads
+// alone keeps every thread busy; VILG_CPU_ATTN_BWD=fused|tiles forces one.
+#include <omp.h>
+
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "kernels.h"
@@ -139,10 +147,72 @@ void dkdv_pass(const AttnParams& p) {
 }
 
 template <typename T>
+void fused_pass(const AttnParams& p) {
+  const BlockSparse& ls = p.ls;
+  const int bs = ls.block, D = p.head_dim, Dp = round16(D);
+  const size_t tile = size_t(bs) * Dp, all = tile * ls.num_k_blocks;
+  const int64_t tasks = int64_t(p.batch) * p.heads;
+#pragma omp parallel
+  {
+    Scratch s(bs, Dp);
+    std::vector<float> dK(all), dV(all);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int h = int(t % p.heads), b = int(t / p.heads);
+      const int tv = text_valid_len(p, b);
+      const T* kbase = slice<const T>(p.k, p.k_s, b, h);
+      const T* vbase = slice<const T>(p.v, p.v_s, b, h);
+      std::fill(dK.begin(), dK.end(), 0.f);
+      std::fill(dV.begin(), dV.end(), 0.f);
+      for (int qb = 0; qb < ls.num_q_blocks; ++qb) {
+        load_query_side<T>(s, p, b, h, qb);
+        std::fill(s.acc.begin(), s.acc.end(), 0.f);  // dQ
+        const int mq = valid16(ls, qb);
+        for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
+          const int kb = ls.q_kv[e], mk = valid16(ls, kb);
+          const uint64_t* rm = tile_rowmask(s.mask, ls, ls.q_mask[e], kb, tv);
+          load_tile(s.Kt.data(), bs, kbase, p.k_s[2], ls, kb * bs, bs, D, Dp, true);
+          load_tile(s.K.data(), Dp, kbase, p.k_s[2], ls, kb * bs, bs, D, Dp, false);
+          load_tile(s.Vt.data(), bs, vbase, p.v_s[2], ls, kb * bs, bs, D, Dp, true);
+          pair_grads(s, bs, mq, mk, Dp, p.scale, rm, ls.mask_words);
+          gemm_nn(mq, Dp, mk, s.dP.data(), mk, s.K.data(), Dp, s.acc.data(), Dp);  // dQ += dS K
+          float* dk = dK.data() + tile * kb;
+          float* dv = dV.data() + tile * kb;
+          gemm_tn(mk, Dp, mq, s.S.data(), mk, s.dO.data(), Dp, dv, Dp);   // dV += P^T dO
+          gemm_tn(mk, Dp, mq, s.dP.data(), mk, s.Q.data(), Dp, dk, Dp);   // dK += dS^T Q
+        }
+        store_tile(slice<T>(p.dq, p.dq_s, b, h), p.dq_s[2], s.acc.data(), Dp, ls, qb * bs, bs, D,
+                   p.scale);
+      }
+      for (int kb = 0; kb < ls.num_k_blocks; ++kb) {
+        store_tile(slice<T>(p.dk, p.dk_s, b, h), p.dk_s[2], dK.data() + tile * kb, Dp, ls,
+                   kb * bs, bs, D, p.scale);
+        store_tile(slice<T>(p.dv, p.dv_s, b, h), p.dv_s[2], dV.data() + tile * kb, Dp, ls,
+                   kb * bs, bs, D, 1.f);
+      }
+    }
+  }
+}
+
+bool use_fused(const AttnParams& p) {
+  if (const char* mode = std::getenv("VILG_CPU_ATTN_BWD")) {
+    if (!std::strcmp(mode, "fused")) return true;
+    if (!std::strcmp(mode, "tiles")) return false;
+  }
+  const int64_t floats = int64_t(p.ls.block) * round16(p.head_dim) * p.ls.num_k_blocks;
+  return int64_t(p.batch) * p.heads >= 4 * int64_t(omp_get_max_threads()) &&
+         floats <= (int64_t(1) << 22);  // dK + dV scratch: at most 32 MB per thread
+}
+
+template <typename T>
 void bwd_impl(const AttnParams& p) {
   delta_pass<T>(p);
-  dq_pass<T>(p);
-  dkdv_pass<T>(p);
+  if (use_fused(p)) {
+    fused_pass<T>(p);
+  } else {
+    dq_pass<T>(p);
+    dkdv_pass<T>(p);
+  }
 }
 
 }  // namespace

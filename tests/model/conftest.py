@@ -4,6 +4,13 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """`vilg` commands called in-process set the thread count; keep the suite on one."""
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A run directory trained with the `tiny` preset (a few seconds)."""
