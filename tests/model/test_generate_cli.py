@@ -124,3 +124,16 @@ def test_eval_writes_json(tiny_run, tmp_path):
         assert {"exact", "bleu4", "cider_d"} <= set(res[lang]["caption"])
         assert 0 <= res[lang]["vqa"]["accuracy"] <= 1
     assert "psnr" in res["tokenizer"] and "perplexity" in res["tokenizer"]
+
+
+def test_threads_default_to_every_usable_core():
+    import os
+
+    from vilg.cli import _threads
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("Linux only")
+    _threads(None)
+    assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+    _threads(1)
+    assert torch.get_num_threads() == 1

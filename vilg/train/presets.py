@@ -33,7 +33,7 @@ PRESETS: dict[str, dict] = {
             "train": {"steps": 10, "batch_size": 8, "lr": 2e-3, "warmup": 2},
         },
     },
-    # the README's demo: measured 10:03 wall (1 thread, shared 2-core box), incl. eval+gallery
+    # the README's demo: measured 9:47 wall on 2 cores (2 threads), incl. eval + gallery
     "demo": {
         "data": {"train_size": 20000, "val_size": 256, "image_size": 48},
         "vq": {
@@ -53,7 +53,7 @@ PRESETS: dict[str, dict] = {
         "generator": {
             "model": {"n_layer": 4, "n_head": 4, "n_embd": 64},
             "train": {
-                "steps": 3200,
+                "steps": 4000,
                 "batch_size": 32,
                 "lr": 2e-3,
                 "warmup": 50,
@@ -104,7 +104,7 @@ def _merged(base: dict, changes: dict) -> dict:
 
 
 # the longer recipe: the demo's architecture, more scenes, 2.2x the generator steps;
-# measured 21:43 wall for `vilg train --preset long` (1 thread, shared 2-core box)
+# measured 21:43 wall for `vilg train --preset long --threads 1` (shared 2-core box)
 PRESETS["long"] = _merged(
     PRESETS["demo"],
     {
