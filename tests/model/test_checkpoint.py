@@ -118,6 +118,30 @@ def test_task_mix_sets_rows_per_stream_and_trains(setup, tmp_path):
         _gen_trainer(setup, tmp_path / "bad", vqa_frac=-1.0)
 
 
+def test_late_task_mix_switches_at_its_step_and_resumes_exactly(setup, tmp_path):
+    late = {"late_fracs": (0.5, 0.0, 2.0), "late_start": 0.5}  # from step 4 of 8
+    tr = _gen_trainer(setup, tmp_path / "late", **late)
+    assert tr.fracs_at(3) == (1.0, 0.5, 0.5) and tr.fracs_at(4) == (0.5, 0.0, 2.0)
+    t2i, cap, vqa = tr.make_batches(
+        tr.pool, tr.codes, tr.cap_ids, np.arange(6), np.random.default_rng(0), fracs=tr.fracs_at(4)
+    )
+    assert len(t2i["text"]) == 3 and cap is None and len(vqa["question"]) == 12
+    full = _gen_trainer(setup, tmp_path / "full", **late)
+    full.fit()
+    killed = _gen_trainer(setup, tmp_path / "killed", **late)
+    killed.fit(stop_at=3)  # killed before the switch, resumed across it
+    resumed = _gen_trainer(setup, tmp_path / "killed", **late)
+    resumed.fit()
+    _assert_same(full.model.state_dict(), resumed.model.state_dict())
+    plain = _gen_trainer(setup, tmp_path / "plain")
+    plain.fit()
+    assert not torch.equal(plain.model.text_head.weight, full.model.text_head.weight)
+    with pytest.raises(ValueError, match="3 stream fractions"):
+        _gen_trainer(setup, tmp_path / "bad", late_fracs=(1.0, 1.0))
+    with pytest.raises(ValueError, match="late_start"):
+        _gen_trainer(setup, tmp_path / "bad", late_fracs=(1.0, 1.0, 1.0), late_start=1.5)
+
+
 def test_vq_resume_is_bit_exact(setup, tmp_path):
     train, val, _, _ = setup
 

@@ -190,6 +190,18 @@ class MatcherTrainer(Trainer):
 # ------------------------------------------------------------------ generator
 
 
+def _check_fracs(fracs) -> tuple:
+    """(t2i_frac, cap_frac, vqa_frac): rows per stream as fractions of the batch's images."""
+    fracs = tuple(float(f) for f in fracs)
+    if len(fracs) != 3:
+        raise ValueError(f"expected 3 stream fractions (t2i, cap, vqa), got {fracs}")
+    if min(fracs) < 0 or sum(fracs) <= 0:
+        raise ValueError(
+            f"stream fractions (t2i, cap, vqa) must be >= 0 and not all 0, got {fracs}"
+        )
+    return fracs
+
+
 class GeneratorTrainer(Trainer):
     name = "generator"
 
@@ -211,15 +223,22 @@ class GeneratorTrainer(Trainer):
         vq: VQGAN | None = None,
         kind_weights: dict | None = None,
         vqa_weight: float = 1.0,
+        late_fracs: tuple | None = None,
+        late_start: float = 0.5,
     ):
         self.pool, self.codes, self.val, self.val_codes, self.tok = pool, codes, val, val_codes, tok
         self.vq = vq  # only for sample grids
         self.p_uncond = p_uncond
         # rows per stream as fractions of the batch's images; VQA rows are short (a question
         # and a 1-2 token answer), so vqa_frac > 1 asks several questions per image cheaply
-        if min(t2i_frac, cap_frac, vqa_frac) < 0 or t2i_frac + cap_frac + vqa_frac <= 0:
-            raise ValueError("t2i_frac, cap_frac and vqa_frac must be >= 0, not all zero")
-        self.fracs = (t2i_frac, cap_frac, vqa_frac)
+        self.fracs = _check_fracs((t2i_frac, cap_frac, vqa_frac))
+        # captions and text->image converge long before VQA: from step late_start * steps on,
+        # the batch can switch to late_fracs (e.g. few t2i / caption rows kept as rehearsal,
+        # many cheap VQA rows) at about the same cost per step
+        self.late_fracs = _check_fracs(late_fracs) if late_fracs is not None else None
+        if not 0.0 <= late_start <= 1.0:
+            raise ValueError(f"late_start must be in [0, 1], got {late_start}")
+        self.late_start = late_start
         self.kind_weights = kind_weights  # None: uniform over question kinds
         # an answer is 1-2 tokens against a caption's ~15: weight each answer token this much
         self.vqa_weight = vqa_weight
@@ -229,13 +248,18 @@ class GeneratorTrainer(Trainer):
     def model_config(self):
         return {"kind": "generator", **self.model.cfg.to_dict()}
 
-    def make_batches(self, pool, codes, cap_ids, idx, rng, train=True):
+    def fracs_at(self, step: int) -> tuple:
+        late = self.late_fracs is not None and step >= self.late_start * self.cfg.steps
+        return self.late_fracs if late else self.fracs
+
+    def make_batches(self, pool, codes, cap_ids, idx, rng, train=True, fracs=None):
         """Three streams over the batch's images idx: text->image, captions and VQA, each
         padded to its own length. Row j of a stream uses image idx[j mod B] (VQA rows start
         after the caption rows, so an image is captioned or questioned first)."""
         tok, B, T = self.tok, len(idx), self.model.cfg.text_len
         langs = pool.langs
-        n_t2i, n_cap, n_vqa = (max(round(B * f), 1) if f > 0 else 0 for f in self.fracs)
+        fracs = self.fracs if fracs is None else fracs
+        n_t2i, n_cap, n_vqa = (max(round(B * f), 1) if f > 0 else 0 for f in fracs)
         if pool.scenes is None:  # no scenes, no questions: those rows become captions
             n_cap, n_vqa = n_cap + n_vqa, 0
         n = max(n_t2i, n_cap + n_vqa)
@@ -316,7 +340,11 @@ class GeneratorTrainer(Trainer):
 
     def loss(self, step, micro):
         idx, rng = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
-        r = self.stream_losses(*self.make_batches(self.pool, self.codes, self.cap_ids, idx, rng))
+        r = self.stream_losses(
+            *self.make_batches(
+                self.pool, self.codes, self.cap_ids, idx, rng, fracs=self.fracs_at(step)
+            )
+        )
         logs = {k: r[k].detach() for k in ("img", "cap", "vqa") if r[k] is not None}
         return self.total(r), logs, len(idx)
 
@@ -383,7 +411,7 @@ class EndToEndTrainer(GeneratorTrainer):
             raise ValueError("end-to-end training needs a generator built with code_dim > 0")
         self.recon_weight = recon_weight
         super().__init__(model, cfg, out_dir, pool, codes, val, val_codes, tok, vq=vq, **kw)
-        if self.fracs[0] == 0:
+        if self.fracs[0] == 0 or (self.late_fracs is not None and self.late_fracs[0] == 0):
             raise ValueError("end-to-end training needs text->image rows (t2i_frac > 0)")
         self.vq.to(self.device)
 
@@ -414,7 +442,11 @@ class EndToEndTrainer(GeneratorTrainer):
 
     def loss(self, step, micro):
         idx, rng = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
-        r = self.stream_losses(*self.make_batches(self.pool, self.codes, self.cap_ids, idx, rng))
+        r = self.stream_losses(
+            *self.make_batches(
+                self.pool, self.codes, self.cap_ids, idx, rng, fracs=self.fracs_at(step)
+            )
+        )
         keep = r["t2i"]["text_lens"] > 1  # reconstruction only for captioned samples
         x = self.pool.image_tensor(r["t2i"]["index"].cpu().numpy()).to(self.device)
         xr = self.decode_hidden(r["h_img"])
