@@ -108,8 +108,8 @@ def _merged(base: dict, changes: dict) -> dict:
     return out
 
 
-# the longer recipe: the demo's architecture, more scenes, 2.2x the generator steps;
-# measured 21:43 wall for `vilg train --preset long --threads 1` (shared 2-core box)
+# the longer recipe: the demo's architecture and late task mix, more scenes, 1.75x the
+# generator steps; measured 21:12 wall for `vilg train --preset long` on 2 cores (2 threads)
 PRESETS["long"] = _merged(
     PRESETS["demo"],
     {
