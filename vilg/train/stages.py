@@ -338,15 +338,19 @@ class GeneratorTrainer(Trainer):
     def total(r) -> torch.Tensor:
         return sum(r[k] for k in ("img", "txt") if r[k] is not None)
 
-    def loss(self, step, micro):
+    def train_streams(self, step, micro):
+        """Stream losses, their logs and the image count of one training micro-batch, under
+        the task mix of its step."""
         idx, rng = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
-        r = self.stream_losses(
-            *self.make_batches(
-                self.pool, self.codes, self.cap_ids, idx, rng, fracs=self.fracs_at(step)
-            )
-        )
+        fracs = self.fracs_at(step)
+        batches = self.make_batches(self.pool, self.codes, self.cap_ids, idx, rng, fracs=fracs)
+        r = self.stream_losses(*batches)
         logs = {k: r[k].detach() for k in ("img", "cap", "vqa") if r[k] is not None}
-        return self.total(r), logs, len(idx)
+        return r, logs, len(idx)
+
+    def loss(self, step, micro):
+        r, logs, n = self.train_streams(step, micro)
+        return self.total(r), logs, n
 
     def evaluate(self):
         """Teacher-forced accuracies on validation scenes (greedy-equivalent per token)."""
@@ -441,19 +445,13 @@ class EndToEndTrainer(GeneratorTrainer):
         ckpt.save_tensors(self.out_dir / "decoder.safetensors", self.vq.decoder.state_dict())
 
     def loss(self, step, micro):
-        idx, rng = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
-        r = self.stream_losses(
-            *self.make_batches(
-                self.pool, self.codes, self.cap_ids, idx, rng, fracs=self.fracs_at(step)
-            )
-        )
+        r, logs, n = self.train_streams(step, micro)
         keep = r["t2i"]["text_lens"] > 1  # reconstruction only for captioned samples
         x = self.pool.image_tensor(r["t2i"]["index"].cpu().numpy()).to(self.device)
         xr = self.decode_hidden(r["h_img"])
         l_rec = F.mse_loss(xr[keep].float(), x[keep]) if bool(keep.any()) else xr.sum() * 0
         loss = self.total(r) + self.recon_weight * l_rec
-        logs = {k: r[k].detach() for k in ("img", "cap", "vqa") if r[k] is not None}
-        return loss, {**logs, "rec": l_rec.detach()}, len(idx)
+        return loss, {**logs, "rec": l_rec.detach()}, n
 
     def decode_hidden(self, hi):
         H, W = self.model.cfg.grid
