@@ -1,18 +1,25 @@
+import json
+
+import pytest
 import torch
 
 from vilg.generate import Pipeline
+from vilg.train.checkpoint import CheckpointError
 from vilg.train.presets import get_preset
-from vilg.train.run import train_run
+from vilg.train.run import train_config, train_run
 
 
 def test_end_to_end_stage_trains_and_generates(tmp_path):
     preset = get_preset("tiny", ["generator.train.steps=4"])
-    train_run(
-        preset, tmp_path, stages=("vq", "generator", "end2end"), progress=False, log=lambda *a: None
-    )
+    train_run(preset, tmp_path, stages=("vq", "generator"), progress=False, log=lambda *a: None)
+    # end2end added to the finished run later, with settings of its own
+    preset = get_preset("tiny", ["generator.train.steps=4", "end2end.train.steps=3"])
+    train_run(preset, tmp_path, stages=("end2end",), progress=False, log=lambda *a: None)
     assert (tmp_path / "end2end" / "decoder.safetensors").exists()
-    hist = [line for line in (tmp_path / "end2end" / "eval.jsonl").read_text().splitlines()]
-    assert hist
+    hist = [
+        json.loads(line) for line in (tmp_path / "end2end" / "eval.jsonl").read_text().splitlines()
+    ]
+    assert hist and hist[-1]["step"] == 3
     pipe = Pipeline.load(tmp_path, end_to_end=True)
     assert pipe.end_to_end and pipe.gen.z_head is not None
     out = pipe.generate(["a small red circle at the center"], n=2, seed=1)
@@ -40,3 +47,17 @@ def test_end_to_end_reconstruction_gradient_reaches_generator():
     loss.backward()
     assert gen.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     assert gen.text_emb.weight.grad.abs().sum() > 0
+
+
+def test_end2end_fine_tunes_with_the_generator_recipe_and_its_own_overrides():
+    p = get_preset("demo", ["end2end.train.steps=300", "end2end.train.lr=5e-4"])
+    e2e, gen = train_config(p, "end2end", 0), train_config(p, "generator", 0)
+    assert (e2e.steps, e2e.lr) == (300, 5e-4) and (gen.steps, gen.lr) == (4000, 2e-3)
+    assert e2e.batch_size == gen.batch_size and e2e.weight_decay == gen.weight_decay == 0.01
+
+
+def test_a_run_refuses_a_changed_recipe(tmp_path):
+    quiet = {"progress": False, "log": lambda *a: None}
+    train_run(get_preset("tiny", ["vq.train.steps=2"]), tmp_path, stages=("vq",), **quiet)
+    with pytest.raises(CheckpointError, match="different recipe"):
+        train_run(get_preset("tiny", ["vq.train.steps=3"]), tmp_path, stages=("vq",), **quiet)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from vilg.model.vqgan import VQGAN, VQConfig, code_stats
@@ -46,9 +47,62 @@ def test_l2_mode_and_decode_roundtrip_shapes():
 
 
 def test_bad_config_is_rejected():
-    import pytest
-
     with pytest.raises(ValueError):
         VQConfig(image_size=50, patch=16, channels=(32,))
     with pytest.raises(ValueError):
         VQConfig(codebook_mode="kmeans")
+
+
+def test_keep_used_restricts_inference_to_the_used_codes():
+    m = _model().eval()
+    x = torch.rand(6, 3, 48, 48)
+    z = m.encoder(x).permute(0, 2, 3, 1).reshape(-1, 8).double()
+    book = m.quantizer.codebook.detach().double()
+    counts = torch.zeros(16, dtype=torch.long)
+    counts[torch.tensor([1, 4, 5, 9, 14])] = 3
+    m.quantizer.keep_used(counts)
+    live = counts.nonzero().squeeze(1)
+    want = live[torch.cdist(z, book[live]).argmin(1)]  # float64 reference over the live codes
+    assert torch.equal(m.encode(x).reshape(-1), want)
+    assert not torch.equal(want, torch.cdist(z, book).argmin(1))  # the restriction mattered
+    m.train()  # training still sees every code (dead-code restarts need them)
+    m.quantizer.initialised.fill_(True)
+    _, idx, _, _ = m(x)
+    assert set(idx.unique().tolist()) - set(live.tolist())
+    with pytest.raises(ValueError, match="no code"):
+        m.quantizer.keep_used(torch.zeros(16))
+
+
+def test_tokenizer_checkpoint_without_live_codes_loads_with_all_live(tmp_path):
+    from vilg.train import checkpoint as ckpt
+
+    m = _model()
+    m.quantizer.live[3] = False
+    state = {k: v for k, v in m.state_dict().items() if not k.endswith("quantizer.live")}
+    ckpt.save_tensors(tmp_path / "old.safetensors", state)
+    fresh = _model()
+    ckpt.load_model_state(fresh, tmp_path / "old.safetensors")
+    assert bool(fresh.quantizer.live.all())
+    state.pop("quantizer.codebook")  # anything else missing is still an error
+    ckpt.save_tensors(tmp_path / "bad.safetensors", state)
+    with pytest.raises(ckpt.CheckpointError, match="codebook"):
+        ckpt.load_model_state(fresh, tmp_path / "bad.safetensors")
+
+
+def test_trained_tokenizer_keeps_exactly_the_codes_of_its_training_images(tiny_run):
+    import numpy as np
+
+    from vilg.data.pool import shapes_pool
+    from vilg.train import checkpoint as ckpt
+    from vilg.train.presets import get_preset
+
+    cfg = ckpt.load_json(tiny_run / "tokenizer" / "config.json")
+    cfg.pop("kind")
+    m = VQGAN(VQConfig(**cfg)).eval()
+    ckpt.load_model_state(m, tiny_run / "tokenizer" / "model.safetensors")
+    d = get_preset("tiny")["data"]
+    pool = shapes_pool("train", d["train_size"], 0, d["image_size"])
+    codes = m.encode(pool.image_tensor(np.arange(len(pool))))
+    live = m.quantizer.live
+    assert not bool(live.all())  # the tiny run leaves spare codes
+    assert torch.equal(torch.bincount(codes.flatten(), minlength=len(live)) > 0, live)

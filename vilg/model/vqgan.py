@@ -149,6 +149,11 @@ class Quantizer(nn.Module):
         self.register_buffer("ema_sum", self.codebook.detach().clone())
         self.register_buffer("usage", torch.ones(K))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        # codes the trained tokenizer may emit (keep_used); all while training
+        self.register_buffer("live", torch.ones(K, dtype=torch.bool))
+
+    # checkpoints written before `live` existed load with every code live
+    OPTIONAL_STATE = ("live",)
 
     def _prep(self, z):
         return F.normalize(z, dim=-1) if self.cfg.codebook_mode == "l2" else z
@@ -182,7 +187,7 @@ class Quantizer(nn.Module):
             self.kmeans_init(flat.detach())
         x = self._prep(flat.float())
         book = self.book().float()
-        idx = ops.vq_quantize(x.detach().contiguous(), book.detach().contiguous())
+        idx = self._nearest(x.detach(), book.detach())
         q = ops.vq_embed(idx, book) if self.cfg.codebook_mode == "ema" else book[idx]
         commit = F.mse_loss(x, q.detach())
         loss = self.cfg.beta * commit
@@ -219,11 +224,32 @@ class Quantizer(nn.Module):
             self.ema_count[dead] = 1.0
             self.usage[dead] = 1.0
 
+    def _nearest(self, x, book):
+        """Nearest code of each row; outside training only among the live codes."""
+        if self.training or bool(self.live.all()):
+            return ops.vq_quantize(x.contiguous(), book.contiguous())
+        ids = self.live.nonzero().squeeze(1)
+        return ids[ops.vq_quantize(x.contiguous(), book[ids].contiguous())]
+
+    @torch.no_grad()
+    def keep_used(self, counts: torch.Tensor) -> None:
+        """Restrict the trained tokenizer to the codes its training data uses (counts [K]).
+
+        Dead-code restarts leave spare codes close to used ones: on data made of repeated
+        patches (the shapes scenes) an encoder output can sit within float32 rounding of two
+        codes, so the code would flip with the batch it is encoded in, and the generator
+        would meet, at inference, a code it never saw in training.
+        """
+        used = counts.to(self.live.device) > 0
+        if not bool(used.any()):
+            raise ValueError("keep_used: no code is used")
+        self.live.copy_(used)
+
     @torch.no_grad()
     def indices(self, z):
         B, D, H, W = z.shape
         x = self._prep(z.permute(0, 2, 3, 1).reshape(-1, D).float())
-        return ops.vq_quantize(x.contiguous(), self.book().float().contiguous()).view(B, H, W)
+        return self._nearest(x, self.book().float()).view(B, H, W)
 
     def embed(self, idx):
         """indices [B, H, W] -> z [B, D, H, W]."""

@@ -87,7 +87,12 @@ def load_model_state(model: torch.nn.Module, path: str | Path) -> None:
     """Load weights, with a clear error if they do not fit the model."""
     state = load_tensors(path)
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    optional = {  # state added since older checkpoints: the module's defaults stand
+        f"{name}.{k}" if name else k
+        for name, mod in model.named_modules()
+        for k in getattr(mod, "OPTIONAL_STATE", ())
+    }
+    missing = sorted(set(own) - set(state) - optional)
     unexpected = sorted(set(state) - set(own))
     bad = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or bad:
@@ -95,7 +100,7 @@ def load_model_state(model: torch.nn.Module, path: str | Path) -> None:
             f"checkpoint {path} does not match this model: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}, wrong shapes {bad[:5]}"
         )
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)
 
 
 # ------------------------------------------------------------------ optimizer state

@@ -52,6 +52,20 @@ def build_pools(preset: dict, data: str | None, seed: int) -> tuple[Pool, Pool]:
     return mk(slice(0, split)), mk(slice(split, None))
 
 
+def train_config(preset: dict, stage: str, seed: int, progress: bool = True) -> TrainConfig:
+    """A stage's TrainConfig; end2end fine-tunes the generator, so it takes the generator's
+    recipe with any end2end.train.* entries on top."""
+    train = (
+        preset[stage]["train"]
+        if stage != "end2end"
+        else {
+            **preset["generator"]["train"],
+            **preset.get("end2end", {}).get("train", {}),
+        }
+    )
+    return TrainConfig(**{**train, "seed": seed, "progress": progress})
+
+
 def corpus(pool: Pool, seed: int) -> list[str]:
     texts = [t for caps in pool.texts.values() for t in caps]
     if pool.scenes is not None:  # questions / answers of the shapes data too
@@ -90,8 +104,9 @@ def train_run(
     old = out / "preset.json"
     if old.exists():
         prev = ckpt.load_json(old)
-        if {k: v for k, v in prev.items() if k != "timings"} != {
-            k: v for k, v in {**preset, "data_source": data}.items()
+        # end2end settings may be added later: only that stage reads them
+        if {k: v for k, v in prev.items() if k not in ("timings", "end2end")} != {
+            k: v for k, v in {**preset, "data_source": data}.items() if k != "end2end"
         }:
             raise ckpt.CheckpointError(
                 f"{out} was trained with a different recipe; use another --out directory"
@@ -116,9 +131,6 @@ def train_run(
     timings["data_and_text_tokenizer"] = round(time.perf_counter() - t0, 1)
     dev = torch.device(device)
 
-    def tcfg(stage):
-        return TrainConfig(**{**preset[stage]["train"], "seed": seed, "progress": progress})
-
     # ---- image tokenizer
     t = time.perf_counter()
     vq_cfg = VQConfig(image_size=preset["data"]["image_size"], **preset["vq"]["model"])
@@ -126,7 +138,9 @@ def train_run(
     if _done(out / "tokenizer"):
         ckpt.load_model_state(vq, out / "tokenizer" / "model.safetensors")
     elif "vq" in stages:
-        VQTrainer(vq, tcfg("vq"), out / "tokenizer", train, val, dev).fit()
+        VQTrainer(
+            vq, train_config(preset, "vq", seed, progress), out / "tokenizer", train, val, dev
+        ).fit()
     else:
         raise ckpt.CheckpointError(f"{out} has no trained image tokenizer")
     timings["image_tokenizer"] = round(time.perf_counter() - t, 1)
@@ -142,7 +156,15 @@ def train_run(
             text_len=text_len,
             **preset["matcher"]["model"],
         )
-        MatcherTrainer(Matcher(mcfg), tcfg("matcher"), out / "matcher", train, val, tok, dev).fit()
+        MatcherTrainer(
+            Matcher(mcfg),
+            train_config(preset, "matcher", seed, progress),
+            out / "matcher",
+            train,
+            val,
+            tok,
+            dev,
+        ).fit()
     timings["matcher"] = round(time.perf_counter() - t, 1)
 
     # ---- generator (two-stage) and / or end-to-end
@@ -172,7 +194,7 @@ def train_run(
             image_vq.load_state_dict(vq.state_dict())
         trainer(
             gen,
-            tcfg(stage if stage in preset else "generator"),
+            train_config(preset, stage, seed, progress),
             out / stage,
             train,
             codes,

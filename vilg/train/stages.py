@@ -81,6 +81,17 @@ class VQTrainer(Trainer):
         loss.backward()
         self.disc_opt.step()
 
+    @torch.no_grad()
+    def finish(self):
+        """Keep the codes the training images use: the codes the generator is trained on."""
+        m, K = self.model.eval(), self.model.cfg.codebook_size
+        m.quantizer.live.fill_(True)
+        counts = torch.zeros(K, dtype=torch.long)
+        for s in range(0, len(self.pool), 512):
+            x = self.pool.image_tensor(np.arange(s, min(s + 512, len(self.pool))))
+            counts += torch.bincount(m.encode(x.to(self.device)).flatten().cpu(), minlength=K)
+        m.quantizer.keep_used(counts)
+
     def evaluate(self):
         res = evaluate_vq(self.model, self.val, self.device)
         x = self.val.image_tensor(np.arange(min(8, len(self.val)))).to(self.device)

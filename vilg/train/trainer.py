@@ -137,6 +137,10 @@ class Trainer:
     def evaluate(self) -> dict:
         return {}
 
+    def finish(self) -> None:
+        """After the last step, before the final eval and export (must be idempotent: a run
+        killed after it resumes at the last step and calls it again)."""
+
     def model_config(self) -> dict:
         return {}
 
@@ -257,6 +261,7 @@ class Trainer:
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                 self.save()
         bar.close()
+        self.finish()
         self._log_eval()
         self.save()
         self.export()
