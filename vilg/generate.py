@@ -143,12 +143,15 @@ class Pipeline:
         h = m(T2I, text, dummy, lens, caches=caches)[:, T]  # hidden at the BOI position
         codes, hidden = [], []
         half = P * n
+        # codes the tokenizer never emits were never targets: never sample them (a large
+        # finite value, not -inf, keeps the guidance mix cond - uncond finite)
+        banned = ~self.vq.quantizer.live.to(dev)
         for j in range(N):
             if j > 0:
                 tok_in = codes[-1].repeat(2) if guided else codes[-1]
                 h = m.step(T2I, tok_in, T + j, T, caches, lens)
             hidden.append(h[:half])
-            logits = m.image_logits(h).float()
+            logits = m.image_logits(h).float().masked_fill(banned, -1e9)
             c = ops.sample(
                 logits[:half],
                 uncond=logits[half:] if guided else None,

@@ -29,6 +29,15 @@ def test_generate_shapes_rerank_and_reproducibility(pipe):
     assert torch.equal(g["codes"][0, 0], g["codes"][0, 1])  # argmax is deterministic
 
 
+def test_generation_samples_only_codes_the_tokenizer_emits(pipe):
+    live = pipe.vq.quantizer.live
+    assert not bool(live.all())  # the tiny tokenizer leaves spare codes
+    # hot sampling and guidance: an undertrained generator spreads mass over every code
+    for kw in ({"temperature": 5.0}, {"temperature": 5.0, "cfg_scale": 3.0}):
+        codes = pipe.generate([PROMPT], n=16, seed=3, **kw)["codes"]
+        assert bool(live[codes].all())
+
+
 def test_bad_prompts_raise_prompt_error(pipe):
     with pytest.raises(PromptError, match="unknown"):
         pipe.generate(["a purple zebra"], n=1)
