@@ -146,3 +146,22 @@ def test_threads_default_to_every_usable_core():
     assert torch.get_num_threads() == len(os.sched_getaffinity(0))
     _threads(1)
     assert torch.get_num_threads() == 1
+
+
+def test_demo_evaluates_and_writes_the_gallery(tiny_run, tmp_path):
+    import shutil
+
+    from vilg.demo import run_demo
+
+    out = tmp_path / "demo"
+    shutil.copytree(tiny_run, out)  # trained stages are reused, as on a re-run
+    eval_kw = {"n_prompts": 2, "n_samples": 2, "n_caption": 5}
+    m = run_demo(out, preset="tiny", eval_kw=eval_kw, log=lambda *a: None)
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved == json.loads(json.dumps(m))
+    for lang in ("en", "zh"):
+        assert saved[lang]["caption"]["n"] == 5 and saved[lang]["vqa"]["n"] == 5
+        assert 0 <= saved[lang]["text2image"]["after_rerank"]["fully_correct"] <= 1
+    assert {"eval", "gallery", "demo_total"} <= set(saved["timings_s"])
+    page = (out / "gallery" / "index.html").read_text()
+    assert "<img" in page and "VQA" in page
