@@ -168,3 +168,41 @@ def test_vq_resume_is_bit_exact(setup, tmp_path):
     _assert_same(a.model.state_dict(), b.model.state_dict())
     assert (tmp_path / "b" / "model.safetensors").exists()
     assert json.loads((tmp_path / "b" / "config.json").read_text())["kind"] == "vqgan"
+
+
+def test_end_to_end_resume_restores_the_decoder_of_its_checkpoint(setup, tmp_path):
+    """Killed while writing checkpoint 6: the resume starts from 3, decoder included."""
+    from vilg.train.stages import EndToEndTrainer
+
+    train, val, tok, vq = setup
+
+    def make(out):
+        torch.manual_seed(1)
+        gen = UnifiedTransformer(
+            GPTConfig(
+                text_vocab=tok.vocab_size,
+                image_vocab=32,
+                text_len=48,
+                n_layer=2,
+                n_head=2,
+                n_embd=32,
+                code_dim=8,
+            )
+        )
+        image_vq = VQGAN(vq.cfg)
+        image_vq.load_state_dict(vq.state_dict())
+        cfg = TrainConfig(steps=8, batch_size=6, lr=3e-3, warmup=2, ckpt_every=3, progress=False)
+        codes, val_codes = encode_pool(vq, train, "cpu"), encode_pool(vq, val, "cpu")
+        return EndToEndTrainer(gen, cfg, out, train, codes, val, val_codes, tok, vq=image_vq)
+
+    full = make(tmp_path / "full")
+    full.fit()
+    make(tmp_path / "killed").fit(stop_at=6)
+    ck = tmp_path / "killed" / "checkpoints"
+    ckpt.atomic_write_json(ck / "latest.json", {"step": 3, "dir": "ckpt-00000003"})
+    resumed = make(tmp_path / "killed")
+    resumed.fit()
+    _assert_same(full.model.state_dict(), resumed.model.state_dict())
+    _assert_same(full.vq.decoder.state_dict(), resumed.vq.decoder.state_dict())
+    exported = ckpt.load_tensors(tmp_path / "killed" / "decoder.safetensors")
+    _assert_same(exported, full.vq.decoder.state_dict())

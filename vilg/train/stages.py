@@ -435,19 +435,14 @@ class EndToEndTrainer(GeneratorTrainer):
             self.vq.decoder.parameters()
         )
 
-    def save(self):
+    # the fine-tuned decoder rides in each checkpoint, so a resume pairs it with its step
+    def extra_files(self):
+        return {"decoder.safetensors": self.vq.decoder.state_dict()}
+
+    def load_extra_files(self, ckpt_dir):
         from vilg.train import checkpoint as ckpt
 
-        ckpt.save_tensors(self.out_dir / "decoder.safetensors", self.vq.decoder.state_dict())
-        return super().save()
-
-    def try_resume(self):
-        from vilg.train import checkpoint as ckpt
-
-        ok = super().try_resume()
-        if ok and (self.out_dir / "decoder.safetensors").exists():
-            self.vq.decoder.load_state_dict(ckpt.load_tensors(self.out_dir / "decoder.safetensors"))
-        return ok
+        ckpt.load_model_state(self.vq.decoder, ckpt_dir / "decoder.safetensors")
 
     def export(self):
         super().export()

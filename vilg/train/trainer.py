@@ -147,6 +147,13 @@ class Trainer:
     def extra_state(self) -> dict:
         return {}
 
+    def extra_files(self) -> dict:
+        """More files for each checkpoint (name -> tensors or JSON), written with it atomically."""
+        return {}
+
+    def load_extra_files(self, ckpt_dir: Path) -> None:
+        pass
+
     def load_extra_state(self, state: dict) -> None:
         pass
 
@@ -173,6 +180,7 @@ class Trainer:
             "optimizer.safetensors": opt_t,
             "rng.safetensors": rng_t,
             "state.json": state,
+            **self.extra_files(),
         }
         return ckpt.save_training_checkpoint(
             self.out_dir / "checkpoints", self.step, files, keep=self.cfg.keep
@@ -191,6 +199,7 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.load_extra_state(state.get("extra", {}))
+        self.load_extra_files(d)
         self.history = state.get("history", [])
         self.step = int(state["step"])
         return True
