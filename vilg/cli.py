@@ -235,9 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("eval", help="score a run on held-out shapes scenes (JSON)")
     sp.add_argument("-o", "--output", default=None)
-    sp.add_argument("--prompts", type=int, default=60)
+    sp.add_argument("--prompts", type=int, default=50)
     sp.add_argument("--samples", type=int, default=8)
-    sp.add_argument("--captions", type=int, default=200)
+    sp.add_argument(
+        "--captions", type=int, default=500, help="scenes per language for captions and VQA"
+    )
     sp.add_argument("--temperature", type=float, default=1.0)
     sp.add_argument("--top-k", type=int, default=0)
     sp.add_argument("--cfg", type=float, default=1.0)
