@@ -118,28 +118,31 @@ def test_task_mix_sets_rows_per_stream_and_trains(setup, tmp_path):
         _gen_trainer(setup, tmp_path / "bad", vqa_frac=-1.0)
 
 
-def test_late_task_mix_switches_at_its_step_and_resumes_exactly(setup, tmp_path):
-    late = {"late_fracs": (0.5, 0.0, 2.0), "late_start": 0.5}  # from step 4 of 8
-    tr = _gen_trainer(setup, tmp_path / "late", **late)
-    assert tr.fracs_at(3) == (1.0, 0.5, 0.5) and tr.fracs_at(4) == (0.5, 0.0, 2.0)
+def test_task_mix_schedule_switches_at_its_steps_and_resumes_exactly(setup, tmp_path):
+    # of 8 steps: from step 4 few t2i rows, no captions, many questions; from step 6 captions
+    sched = {"schedule": [[0.5, [0.5, 0.0, 2.0]], [0.75, [0.5, 1.0, 1.0]]]}
+    tr = _gen_trainer(setup, tmp_path / "late", **sched)
+    assert tr.fracs_at(3) == (1.0, 0.5, 0.5) and tr.fracs_at(4) == tr.fracs_at(5) == (0.5, 0, 2)
+    assert tr.fracs_at(6) == tr.fracs_at(7) == (0.5, 1.0, 1.0)
     t2i, cap, vqa = tr.make_batches(
         tr.pool, tr.codes, tr.cap_ids, np.arange(6), np.random.default_rng(0), fracs=tr.fracs_at(4)
     )
     assert len(t2i["text"]) == 3 and cap is None and len(vqa["question"]) == 12
-    full = _gen_trainer(setup, tmp_path / "full", **late)
+    full = _gen_trainer(setup, tmp_path / "full", **sched)
     full.fit()
-    killed = _gen_trainer(setup, tmp_path / "killed", **late)
-    killed.fit(stop_at=3)  # killed before the switch, resumed across it
-    resumed = _gen_trainer(setup, tmp_path / "killed", **late)
+    killed = _gen_trainer(setup, tmp_path / "killed", **sched)
+    killed.fit(stop_at=3)  # killed before the switches, resumed across both
+    resumed = _gen_trainer(setup, tmp_path / "killed", **sched)
     resumed.fit()
     _assert_same(full.model.state_dict(), resumed.model.state_dict())
     plain = _gen_trainer(setup, tmp_path / "plain")
     plain.fit()
     assert not torch.equal(plain.model.text_head.weight, full.model.text_head.weight)
     with pytest.raises(ValueError, match="3 stream fractions"):
-        _gen_trainer(setup, tmp_path / "bad", late_fracs=(1.0, 1.0))
-    with pytest.raises(ValueError, match="late_start"):
-        _gen_trainer(setup, tmp_path / "bad", late_fracs=(1.0, 1.0, 1.0), late_start=1.5)
+        _gen_trainer(setup, tmp_path / "bad", schedule=[[0.5, [1.0, 1.0]]])
+    for bad in ([[1.5, [1, 1, 1]]], [[0.5, [1, 1, 1]], [0.25, [1, 1, 1]]], [[0.5]]):
+        with pytest.raises(ValueError, match="schedule"):
+            _gen_trainer(setup, tmp_path / "bad", schedule=bad)
 
 
 def test_vq_resume_is_bit_exact(setup, tmp_path):
@@ -176,7 +179,7 @@ def test_end_to_end_resume_restores_the_decoder_of_its_checkpoint(setup, tmp_pat
 
     train, val, tok, vq = setup
 
-    def make(out):
+    def make(out, **tasks):
         torch.manual_seed(1)
         gen = UnifiedTransformer(
             GPTConfig(
@@ -193,7 +196,9 @@ def test_end_to_end_resume_restores_the_decoder_of_its_checkpoint(setup, tmp_pat
         image_vq.load_state_dict(vq.state_dict())
         cfg = TrainConfig(steps=8, batch_size=6, lr=3e-3, warmup=2, ckpt_every=3, progress=False)
         codes, val_codes = encode_pool(vq, train, "cpu"), encode_pool(vq, val, "cpu")
-        return EndToEndTrainer(gen, cfg, out, train, codes, val, val_codes, tok, vq=image_vq)
+        return EndToEndTrainer(
+            gen, cfg, out, train, codes, val, val_codes, tok, vq=image_vq, **tasks
+        )
 
     full = make(tmp_path / "full")
     full.fit()
@@ -206,3 +211,7 @@ def test_end_to_end_resume_restores_the_decoder_of_its_checkpoint(setup, tmp_pat
     _assert_same(full.vq.decoder.state_dict(), resumed.vq.decoder.state_dict())
     exported = ckpt.load_tensors(tmp_path / "killed" / "decoder.safetensors")
     _assert_same(exported, full.vq.decoder.state_dict())
+    # the reconstruction loss needs text->image rows in every phase of the mix
+    for tasks in ({"t2i_frac": 0.0}, {"schedule": [[0.5, [0.0, 1.0, 1.0]]]}):
+        with pytest.raises(ValueError, match="text->image rows"):
+            make(tmp_path / "bad", **tasks)

@@ -63,7 +63,7 @@ PRESETS: dict[str, dict] = {
             # batch turns to VQA (64 question rows) with half the t2i rows kept as rehearsal.
             # Measured on one image tokenizer: VQA 92/94% en/zh against 77-86% with the
             # constant mix, exact captions 89.5/90% against 88-96%
-            "tasks": {"late_fracs": [0.5, 0.5, 2.0], "late_start": 0.25},
+            "tasks": {"schedule": [[0.25, [0.5, 0.5, 2.0]]]},
         },
     },
     # user images (folder / tar shards): conv tokenizer, 8x8 token grid at 64 px

@@ -213,6 +213,18 @@ def _check_fracs(fracs) -> tuple:
     return fracs
 
 
+def _check_schedule(schedule) -> list[tuple[float, tuple]]:
+    out = []
+    for entry in schedule or []:
+        if len(entry) != 2:
+            raise ValueError(f"schedule entries are [start, [t2i, cap, vqa]], got {entry}")
+        start = float(entry[0])
+        if not 0.0 <= start <= 1.0 or (out and start <= out[-1][0]):
+            raise ValueError(f"schedule starts must increase within [0, 1], got {schedule}")
+        out.append((start, _check_fracs(entry[1])))
+    return out
+
+
 class GeneratorTrainer(Trainer):
     name = "generator"
 
@@ -234,8 +246,7 @@ class GeneratorTrainer(Trainer):
         vq: VQGAN | None = None,
         kind_weights: dict | None = None,
         vqa_weight: float = 1.0,
-        late_fracs: tuple | None = None,
-        late_start: float = 0.5,
+        schedule: list | None = None,
     ):
         self.pool, self.codes, self.val, self.val_codes, self.tok = pool, codes, val, val_codes, tok
         self.vq = vq  # only for sample grids
@@ -243,13 +254,9 @@ class GeneratorTrainer(Trainer):
         # rows per stream as fractions of the batch's images; VQA rows are short (a question
         # and a 1-2 token answer), so vqa_frac > 1 asks several questions per image cheaply
         self.fracs = _check_fracs((t2i_frac, cap_frac, vqa_frac))
-        # captions and text->image converge long before VQA: from step late_start * steps on,
-        # the batch can switch to late_fracs (e.g. few t2i / caption rows kept as rehearsal,
-        # many cheap VQA rows) at about the same cost per step
-        self.late_fracs = _check_fracs(late_fracs) if late_fracs is not None else None
-        if not 0.0 <= late_start <= 1.0:
-            raise ValueError(f"late_start must be in [0, 1], got {late_start}")
-        self.late_start = late_start
+        # captions and text->image converge long before VQA, so the mix can change as training
+        # goes: schedule [[start, [t2i, cap, vqa]], ...] uses each mix from step start * steps
+        self.schedule = _check_schedule(schedule)
         self.kind_weights = kind_weights  # None: uniform over question kinds
         # an answer is 1-2 tokens against a caption's ~15: weight each answer token this much
         self.vqa_weight = vqa_weight
@@ -260,8 +267,11 @@ class GeneratorTrainer(Trainer):
         return {"kind": "generator", **self.model.cfg.to_dict()}
 
     def fracs_at(self, step: int) -> tuple:
-        late = self.late_fracs is not None and step >= self.late_start * self.cfg.steps
-        return self.late_fracs if late else self.fracs
+        fracs = self.fracs
+        for start, f in self.schedule:
+            if step >= start * self.cfg.steps:
+                fracs = f
+        return fracs
 
     def make_batches(self, pool, codes, cap_ids, idx, rng, train=True, fracs=None):
         """Three streams over the batch's images idx: text->image, captions and VQA, each
@@ -426,7 +436,7 @@ class EndToEndTrainer(GeneratorTrainer):
             raise ValueError("end-to-end training needs a generator built with code_dim > 0")
         self.recon_weight = recon_weight
         super().__init__(model, cfg, out_dir, pool, codes, val, val_codes, tok, vq=vq, **kw)
-        if self.fracs[0] == 0 or (self.late_fracs is not None and self.late_fracs[0] == 0):
+        if any(f[0] == 0 for f in [self.fracs] + [f for _, f in self.schedule]):
             raise ValueError("end-to-end training needs text->image rows (t2i_frac > 0)")
         self.vq.to(self.device)
 
