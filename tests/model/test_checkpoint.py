@@ -42,7 +42,10 @@ def setup():
     return train, val, tok, vq
 
 
-def _gen_trainer(setup, out, **tasks):
+def _gen_trainer(setup, out, end_to_end=False, **tasks):
+    """A small generator trainer; end_to_end adds the z head and fine-tunes a decoder copy."""
+    from vilg.train.stages import EndToEndTrainer
+
     train, val, tok, vq = setup
     torch.manual_seed(1)
     gen = UnifiedTransformer(
@@ -53,14 +56,19 @@ def _gen_trainer(setup, out, **tasks):
             n_layer=2,
             n_head=2,
             n_embd=32,
-            dropout=0.1,
+            dropout=0.0 if end_to_end else 0.1,
+            code_dim=vq.cfg.code_dim if end_to_end else 0,
         )
     )
     cfg = TrainConfig(
         steps=8, batch_size=6, lr=3e-3, warmup=2, ckpt_every=3, progress=False, weight_decay=0.01
     )
     codes, val_codes = encode_pool(vq, train, "cpu"), encode_pool(vq, val, "cpu")
-    return GeneratorTrainer(gen, cfg, out, train, codes, val, val_codes, tok, **tasks)
+    if not end_to_end:
+        return GeneratorTrainer(gen, cfg, out, train, codes, val, val_codes, tok, **tasks)
+    image_vq = VQGAN(vq.cfg)
+    image_vq.load_state_dict(vq.state_dict())
+    return EndToEndTrainer(gen, cfg, out, train, codes, val, val_codes, tok, vq=image_vq, **tasks)
 
 
 def _assert_same(a: dict, b: dict):
@@ -175,30 +183,9 @@ def test_vq_resume_is_bit_exact(setup, tmp_path):
 
 def test_end_to_end_resume_restores_the_decoder_of_its_checkpoint(setup, tmp_path):
     """Killed while writing checkpoint 6: the resume starts from 3, decoder included."""
-    from vilg.train.stages import EndToEndTrainer
-
-    train, val, tok, vq = setup
 
     def make(out, **tasks):
-        torch.manual_seed(1)
-        gen = UnifiedTransformer(
-            GPTConfig(
-                text_vocab=tok.vocab_size,
-                image_vocab=32,
-                text_len=48,
-                n_layer=2,
-                n_head=2,
-                n_embd=32,
-                code_dim=8,
-            )
-        )
-        image_vq = VQGAN(vq.cfg)
-        image_vq.load_state_dict(vq.state_dict())
-        cfg = TrainConfig(steps=8, batch_size=6, lr=3e-3, warmup=2, ckpt_every=3, progress=False)
-        codes, val_codes = encode_pool(vq, train, "cpu"), encode_pool(vq, val, "cpu")
-        return EndToEndTrainer(
-            gen, cfg, out, train, codes, val, val_codes, tok, vq=image_vq, **tasks
-        )
+        return _gen_trainer(setup, out, end_to_end=True, **tasks)
 
     full = make(tmp_path / "full")
     full.fit()
