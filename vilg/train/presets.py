@@ -33,7 +33,7 @@ PRESETS: dict[str, dict] = {
             "train": {"steps": 10, "batch_size": 8, "lr": 2e-3, "warmup": 2},
         },
     },
-    # the README's demo: measured 10:44 wall on 2 cores (2 threads), incl. eval + gallery
+    # the README's demo: measured 12:05 wall on 2 cores (2 threads), incl. eval + gallery
     "demo": {
         "data": {"train_size": 20000, "val_size": 256, "image_size": 48},
         "vq": {
@@ -62,7 +62,8 @@ PRESETS: dict[str, dict] = {
             # captions and text->image are learnt first; from a quarter of the way on, the
             # batch turns to VQA (64 question rows) with half the t2i rows kept as rehearsal.
             # Measured on one image tokenizer: VQA 92/94% en/zh against 77-86% with the
-            # constant mix, exact captions 89.5/90% against 88-96%
+            # constant mix, exact captions 89.5/90% against 88-96% (see the README for the
+            # run-to-run spread and the variants tried)
             "tasks": {"schedule": [[0.25, [0.5, 0.5, 2.0]]]},
         },
     },
