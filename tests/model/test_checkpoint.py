@@ -10,8 +10,7 @@ from vilg.data.text_tokenizer import TextTokenizer
 from vilg.model.transformer import GPTConfig, UnifiedTransformer
 from vilg.model.vqgan import VQGAN, VQConfig
 from vilg.train import checkpoint as ckpt
-from vilg.train.run import encode_pool
-from vilg.train.stages import GeneratorTrainer, VQTrainer
+from vilg.train.stages import GeneratorTrainer, VQTrainer, encode_pool
 from vilg.train.trainer import TrainConfig
 
 

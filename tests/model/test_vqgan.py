@@ -93,13 +93,10 @@ def test_trained_tokenizer_keeps_exactly_the_codes_of_its_training_images(tiny_r
     import numpy as np
 
     from vilg.data.pool import shapes_pool
-    from vilg.train import checkpoint as ckpt
+    from vilg.generate import load_model
     from vilg.train.presets import get_preset
 
-    cfg = ckpt.load_json(tiny_run / "tokenizer" / "config.json")
-    cfg.pop("kind")
-    m = VQGAN(VQConfig(**cfg)).eval()
-    ckpt.load_model_state(m, tiny_run / "tokenizer" / "model.safetensors")
+    m = load_model(tiny_run / "tokenizer", "vqgan").eval()
     d = get_preset("tiny")["data"]
     pool = shapes_pool("train", d["train_size"], 0, d["image_size"])
     codes = m.encode(pool.image_tensor(np.arange(len(pool))))

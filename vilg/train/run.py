@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from vilg.data import shapes
@@ -25,7 +24,13 @@ from vilg.model.matcher import Matcher, MatcherConfig
 from vilg.model.transformer import GPTConfig, UnifiedTransformer
 from vilg.model.vqgan import VQGAN, VQConfig
 from vilg.train import checkpoint as ckpt
-from vilg.train.stages import EndToEndTrainer, GeneratorTrainer, MatcherTrainer, VQTrainer
+from vilg.train.stages import (
+    EndToEndTrainer,
+    GeneratorTrainer,
+    MatcherTrainer,
+    VQTrainer,
+    encode_pool,
+)
 from vilg.train.trainer import TrainConfig
 
 STAGES = ("vq", "matcher", "generator", "end2end")
@@ -71,18 +76,6 @@ def corpus(pool: Pool, seed: int) -> list[str]:
     if pool.scenes is not None:  # questions / answers of the shapes data too
         texts += shapes.all_corpus_text(seed, 2000)
     return texts
-
-
-@torch.no_grad()
-def encode_pool(vq: VQGAN, pool: Pool, device, batch: int = 512) -> torch.Tensor:
-    vq.eval().to(device)
-    out = [
-        vq.encode(pool.image_tensor(np.arange(s, min(s + batch, len(pool)))).to(device))
-        .flatten(1)
-        .cpu()
-        for s in range(0, len(pool), batch)
-    ]
-    return torch.cat(out)
 
 
 def train_run(

@@ -31,6 +31,19 @@ def _indices(seed: int, step: int, micro: int, n: int, b: int) -> tuple[np.ndarr
 # ------------------------------------------------------------------ image tokenizer
 
 
+@torch.no_grad()
+def encode_pool(vq: VQGAN, pool: Pool, device, batch: int = 512) -> torch.Tensor:
+    """Token ids [N, H*W] of every image of the pool (eval mode, in batches)."""
+    vq.eval().to(device)
+    out = [
+        vq.encode(pool.image_tensor(np.arange(s, min(s + batch, len(pool)))).to(device))
+        .flatten(1)
+        .cpu()
+        for s in range(0, len(pool), batch)
+    ]
+    return torch.cat(out)
+
+
 class VQTrainer(Trainer):
     name = "tokenizer"
 
@@ -84,13 +97,10 @@ class VQTrainer(Trainer):
     @torch.no_grad()
     def finish(self):
         """Keep the codes the training images use: the codes the generator is trained on."""
-        m, K = self.model.eval(), self.model.cfg.codebook_size
-        m.quantizer.live.fill_(True)
-        counts = torch.zeros(K, dtype=torch.long)
-        for s in range(0, len(self.pool), 512):
-            x = self.pool.image_tensor(np.arange(s, min(s + 512, len(self.pool))))
-            counts += torch.bincount(m.encode(x.to(self.device)).flatten().cpu(), minlength=K)
-        m.quantizer.keep_used(counts)
+        q = self.model.quantizer
+        q.live.fill_(True)
+        codes = encode_pool(self.model, self.pool, self.device)
+        q.keep_used(torch.bincount(codes.flatten(), minlength=self.model.cfg.codebook_size))
 
     def evaluate(self):
         res = evaluate_vq(self.model, self.val, self.device)
