@@ -126,3 +126,18 @@ def test_vqa_kv_cache_decode_matches_full_forward(model):
 def test_text_too_long_is_rejected(model):
     with pytest.raises(ValueError, match="exceeds"):
         model(T2I, torch.zeros(1, 11, dtype=torch.long), torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_activation_checkpointing_gives_the_same_gradients(model):
+    text, img, lens = _inputs()
+    model.train()
+    grads = []
+    for ckpt in (False, True):
+        model.grad_checkpointing = ckpt
+        model.zero_grad()
+        h = model(T2I, text, img, lens)
+        model.image_logits(h[:, text.shape[1] :]).logsumexp(-1).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)

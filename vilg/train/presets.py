@@ -51,7 +51,11 @@ PRESETS: dict[str, dict] = {
             "train": {"steps": 400, "batch_size": 64, "lr": 2e-3, "warmup": 20},
         },
         "generator": {
-            "model": {"n_layer": 4, "n_head": 4, "n_embd": 64},
+            # 8 heads of 8: "where is the red circle" / "is there a ..." need a head that
+            # matches question words against image content. With 4 heads that circuit often
+            # failed to form ("where" at chance among the objects, VQA 83-87%); with 8, VQA
+            # measured 93-98% in 4 of 5 runs (86% in one), for 13% more generator time
+            "model": {"n_layer": 4, "n_head": 8, "n_embd": 64},
             "train": {
                 "steps": 4000,
                 "batch_size": 32,
