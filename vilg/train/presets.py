@@ -33,7 +33,7 @@ PRESETS: dict[str, dict] = {
             "train": {"steps": 10, "batch_size": 8, "lr": 2e-3, "warmup": 2},
         },
     },
-    # the README's demo: measured 12:05 wall on 2 cores (2 threads), incl. eval + gallery
+    # the README's demo: measured 10:25 wall on 2 cores (2 threads), incl. eval + gallery
     "demo": {
         "data": {"train_size": 20000, "val_size": 256, "image_size": 48},
         "vq": {
@@ -57,7 +57,7 @@ PRESETS: dict[str, dict] = {
             # measured 93-98% in 4 of 5 runs (86% in one), for 13% more generator time
             "model": {"n_layer": 4, "n_head": 8, "n_embd": 64},
             "train": {
-                "steps": 4000,
+                "steps": 5000,
                 "batch_size": 32,
                 "lr": 2e-3,
                 "warmup": 50,
