@@ -113,8 +113,9 @@ def _merged(base: dict, changes: dict) -> dict:
     return out
 
 
-# the longer recipe: the demo's architecture and late task mix, more scenes, 1.75x the
-# generator steps; measured 21:12 wall for `vilg train --preset long` on 2 cores (2 threads)
+# the longer recipe: the demo's architecture and late task mix, more scenes, 7000 generator
+# steps; measured 21:12 wall for `vilg train --preset long` on 2 cores (2 threads) when the
+# demo had 4 heads and 4000 steps, not re-measured with 8 heads
 PRESETS["long"] = _merged(
     PRESETS["demo"],
     {

@@ -20,6 +20,7 @@ from vilg.generate import save_grid
 from vilg.model.matcher import Matcher
 from vilg.model.transformer import I2T, T2I, VQA, UnifiedTransformer
 from vilg.model.vqgan import VQGAN, code_stats, psnr
+from vilg.train import checkpoint as ckpt
 from vilg.train.trainer import TrainConfig, Trainer
 
 
@@ -460,14 +461,10 @@ class EndToEndTrainer(GeneratorTrainer):
         return {"decoder.safetensors": self.vq.decoder.state_dict()}
 
     def load_extra_files(self, ckpt_dir):
-        from vilg.train import checkpoint as ckpt
-
         ckpt.load_model_state(self.vq.decoder, ckpt_dir / "decoder.safetensors")
 
     def export(self):
         super().export()
-        from vilg.train import checkpoint as ckpt
-
         ckpt.save_tensors(self.out_dir / "decoder.safetensors", self.vq.decoder.state_dict())
 
     def loss(self, step, micro):
