@@ -11,7 +11,7 @@ from vilg.data.text_tokenizer import TextTokenizer
 from vilg.model.transformer import GPTConfig, UnifiedTransformer
 from vilg.model.vqgan import VQGAN, VQConfig
 from vilg.train.stages import EndToEndTrainer, GeneratorTrainer, encode_pool
-from vilg.train.trainer import TrainConfig
+from vilg.train.trainer import TrainConfig, resolve_precision
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -98,3 +98,13 @@ def test_half_precision_training_with_checkpointing_trains_and_resumes(
         assert resumed.scaler.get_scale() == full.scaler.get_scale()
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_auto_precision_is_fp32_on_cpu_and_explicit_half_is_kept(data, tmp_path):
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert [resolve_precision(p, cpu) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+    tr = _trainer(data, tmp_path, False, precision="auto")
+    assert tr.amp_dtype is None and not tr.scaler.is_enabled()
+    with pytest.raises(ValueError, match="precision must be"):
+        TrainConfig(precision="half")

@@ -99,7 +99,7 @@ PRESETS: dict[str, dict] = {
                 "lr": 3e-4,
                 "warmup": 2000,
                 "weight_decay": 0.05,
-                "precision": "bf16",
+                "precision": "auto",  # bf16 / fp16 autocast on GPU, fp32 on CPU
                 "grad_checkpointing": True,
             },
         },
