@@ -50,14 +50,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _trained_on_shapes(run: str) -> bool:
+    from vilg.train import checkpoint as ckpt
+
+    preset = Path(run) / "preset.json"
+    return preset.exists() and ckpt.load_json(preset).get("data_source") is None
+
+
 def _shapes_prompt(run: str, prompt: str):
     """For a run trained on the built-in shapes data: the prompt's scene, or a warning (None
     and a message) when the prompt does not follow the captions that model was trained on."""
     from vilg.data import shapes
-    from vilg.train import checkpoint as ckpt
 
-    preset = Path(run) / "preset.json"
-    if not preset.exists() or ckpt.load_json(preset).get("data_source") is not None:
+    if not _trained_on_shapes(run):
         return None, None
     parsed = shapes.parse_caption(prompt)
     if parsed is None:
@@ -133,6 +138,11 @@ def cmd_eval(args) -> int:
     from vilg.eval.evaluate import evaluate
     from vilg.train.checkpoint import atomic_write_json
 
+    if (Path(args.run) / "preset.json").exists() and not _trained_on_shapes(args.run):
+        raise ValueError(
+            f"{args.run} was trained on user data; `vilg eval` scores the built-in shapes "
+            "scenes (its detector reads rendered shapes), so it only applies to shapes runs"
+        )
     pipe = _pipeline(args)
     res = evaluate(
         pipe,

@@ -50,7 +50,7 @@ def test_tar_shards_stream_and_skip(tmp_path):
     assert pool.stats["bad_shards"] == 1
 
 
-def test_training_run_on_a_user_folder(tmp_path):
+def test_training_run_on_a_user_folder(tmp_path, capsys):
     from vilg.generate import Pipeline
     from vilg.train.presets import get_preset
     from vilg.train.run import train_run
@@ -70,3 +70,8 @@ def test_training_run_on_a_user_folder(tmp_path):
     out = pipe.generate(["a flat colour number 3"], n=2)
     assert out["images"].shape[:2] == (1, 2)
     assert isinstance(pipe.caption(out["images"][0], lang="raw")[0], str)
+    # the shapes detector cannot score it: a clear refusal, not a confusing vocabulary error
+    from vilg.cli import main
+
+    assert main(["eval", "--run", str(tmp_path / "run")]) == 2
+    assert "trained on user data" in capsys.readouterr().err
