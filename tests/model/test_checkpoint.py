@@ -3,14 +3,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from small_trainer import gen_trainer
 
-from vilg.data.pool import shapes_pool
-from vilg.data.shapes import all_corpus_text
-from vilg.data.text_tokenizer import TextTokenizer
-from vilg.model.transformer import GPTConfig, UnifiedTransformer
 from vilg.model.vqgan import VQGAN, VQConfig
 from vilg.train import checkpoint as ckpt
-from vilg.train.stages import GeneratorTrainer, VQTrainer, encode_pool
+from vilg.train.stages import VQTrainer
 from vilg.train.trainer import TrainConfig
 
 
@@ -31,59 +28,20 @@ def test_corrupt_and_mismatched_checkpoints_raise_clear_errors(tmp_path):
         ckpt.load_model_state(torch.nn.Linear(4, 4), tmp_path / "w.safetensors")
 
 
-@pytest.fixture(scope="module")
-def setup():
-    torch.manual_seed(0)
-    train = shapes_pool("train", 64, 0, 48)
-    val = shapes_pool("val", 16, 0, 48)
-    tok = TextTokenizer.train(all_corpus_text(0, 200))
-    vq = VQGAN(VQConfig(image_size=48, patch=16, channels=(32,), codebook_size=32, code_dim=8))
-    return train, val, tok, vq
-
-
-def _gen_trainer(setup, out, end_to_end=False, **tasks):
-    """A small generator trainer; end_to_end adds the z head and fine-tunes a decoder copy."""
-    from vilg.train.stages import EndToEndTrainer
-
-    train, val, tok, vq = setup
-    torch.manual_seed(1)
-    gen = UnifiedTransformer(
-        GPTConfig(
-            text_vocab=tok.vocab_size,
-            image_vocab=32,
-            text_len=48,
-            n_layer=2,
-            n_head=2,
-            n_embd=32,
-            dropout=0.0 if end_to_end else 0.1,
-            code_dim=vq.cfg.code_dim if end_to_end else 0,
-        )
-    )
-    cfg = TrainConfig(
-        steps=8, batch_size=6, lr=3e-3, warmup=2, ckpt_every=3, progress=False, weight_decay=0.01
-    )
-    codes, val_codes = encode_pool(vq, train, "cpu"), encode_pool(vq, val, "cpu")
-    if not end_to_end:
-        return GeneratorTrainer(gen, cfg, out, train, codes, val, val_codes, tok, **tasks)
-    image_vq = VQGAN(vq.cfg)
-    image_vq.load_state_dict(vq.state_dict())
-    return EndToEndTrainer(gen, cfg, out, train, codes, val, val_codes, tok, vq=image_vq, **tasks)
-
-
 def _assert_same(a: dict, b: dict):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_generator_resume_is_bit_exact(setup, tmp_path):
-    full = _gen_trainer(setup, tmp_path / "full")
+def test_generator_resume_is_bit_exact(small_data, tmp_path):
+    full = gen_trainer(small_data, tmp_path / "full")
     full.fit()
-    killed = _gen_trainer(setup, tmp_path / "killed")
+    killed = gen_trainer(small_data, tmp_path / "killed")
     killed.fit(stop_at=5)  # "killed" after step 5 (checkpoint at 5)
     torch.manual_seed(999)  # the process that resumes starts from different RNG states
     np.random.seed(5)
-    resumed = _gen_trainer(setup, tmp_path / "killed")
+    resumed = gen_trainer(small_data, tmp_path / "killed")
     resumed.fit()
     assert resumed.step == 8
     _assert_same(full.model.state_dict(), resumed.model.state_dict())
@@ -93,8 +51,8 @@ def test_generator_resume_is_bit_exact(setup, tmp_path):
             assert torch.equal(torch.as_tensor(fo[pid][k]), torch.as_tensor(ro[pid][k]))
 
 
-def test_task_mix_sets_rows_per_stream_and_trains(setup, tmp_path):
-    tr = _gen_trainer(setup, tmp_path / "mix", t2i_frac=0.5, cap_frac=0.5, vqa_frac=2.0)
+def test_task_mix_sets_rows_per_stream_and_trains(small_data, tmp_path):
+    tr = gen_trainer(small_data, tmp_path / "mix", t2i_frac=0.5, cap_frac=0.5, vqa_frac=2.0)
     idx = np.arange(6)
     t2i, cap, vqa = tr.make_batches(tr.pool, tr.codes, tr.cap_ids, idx, np.random.default_rng(0))
     assert len(t2i["text"]) == 3 and len(cap["text"]) == 3 and len(vqa["question"]) == 12
@@ -114,7 +72,7 @@ def test_task_mix_sets_rows_per_stream_and_trains(setup, tmp_path):
     assert t2i["index"].tolist() == [0, 1, 2]
     tr.fit()
     assert {"tf_image_exact", "tf_caption_exact", "tf_vqa_exact"} <= set(tr.evaluate())
-    only_text = _gen_trainer(setup, tmp_path / "i2t", t2i_frac=0.0, vqa_weight=3.0)
+    only_text = gen_trainer(small_data, tmp_path / "i2t", t2i_frac=0.0, vqa_weight=3.0)
     t2i, cap, vqa = only_text.make_batches(
         only_text.pool, only_text.codes, only_text.cap_ids, idx, np.random.default_rng(0)
     )
@@ -122,38 +80,38 @@ def test_task_mix_sets_rows_per_stream_and_trains(setup, tmp_path):
     r = only_text.stream_losses(t2i, cap, vqa)
     assert r["img"] is None and torch.isfinite(only_text.total(r))
     with pytest.raises(ValueError, match="must be >= 0"):
-        _gen_trainer(setup, tmp_path / "bad", vqa_frac=-1.0)
+        gen_trainer(small_data, tmp_path / "bad", vqa_frac=-1.0)
 
 
-def test_task_mix_schedule_switches_at_its_steps_and_resumes_exactly(setup, tmp_path):
+def test_task_mix_schedule_switches_at_its_steps_and_resumes_exactly(small_data, tmp_path):
     # of 8 steps: from step 4 few t2i rows, no captions, many questions; from step 6 captions
     sched = {"schedule": [[0.5, [0.5, 0.0, 2.0]], [0.75, [0.5, 1.0, 1.0]]]}
-    tr = _gen_trainer(setup, tmp_path / "late", **sched)
+    tr = gen_trainer(small_data, tmp_path / "late", **sched)
     assert tr.fracs_at(3) == (1.0, 0.5, 0.5) and tr.fracs_at(4) == tr.fracs_at(5) == (0.5, 0, 2)
     assert tr.fracs_at(6) == tr.fracs_at(7) == (0.5, 1.0, 1.0)
     t2i, cap, vqa = tr.make_batches(
         tr.pool, tr.codes, tr.cap_ids, np.arange(6), np.random.default_rng(0), fracs=tr.fracs_at(4)
     )
     assert len(t2i["text"]) == 3 and cap is None and len(vqa["question"]) == 12
-    full = _gen_trainer(setup, tmp_path / "full", **sched)
+    full = gen_trainer(small_data, tmp_path / "full", **sched)
     full.fit()
-    killed = _gen_trainer(setup, tmp_path / "killed", **sched)
+    killed = gen_trainer(small_data, tmp_path / "killed", **sched)
     killed.fit(stop_at=3)  # killed before the switches, resumed across both
-    resumed = _gen_trainer(setup, tmp_path / "killed", **sched)
+    resumed = gen_trainer(small_data, tmp_path / "killed", **sched)
     resumed.fit()
     _assert_same(full.model.state_dict(), resumed.model.state_dict())
-    plain = _gen_trainer(setup, tmp_path / "plain")
+    plain = gen_trainer(small_data, tmp_path / "plain")
     plain.fit()
     assert not torch.equal(plain.model.text_head.weight, full.model.text_head.weight)
     with pytest.raises(ValueError, match="3 stream fractions"):
-        _gen_trainer(setup, tmp_path / "bad", schedule=[[0.5, [1.0, 1.0]]])
+        gen_trainer(small_data, tmp_path / "bad", schedule=[[0.5, [1.0, 1.0]]])
     for bad in ([[1.5, [1, 1, 1]]], [[0.5, [1, 1, 1]], [0.25, [1, 1, 1]]], [[0.5]]):
         with pytest.raises(ValueError, match="schedule"):
-            _gen_trainer(setup, tmp_path / "bad", schedule=bad)
+            gen_trainer(small_data, tmp_path / "bad", schedule=bad)
 
 
-def test_vq_resume_is_bit_exact(setup, tmp_path):
-    train, val, _, _ = setup
+def test_vq_resume_is_bit_exact(small_data, tmp_path):
+    train, val, _, _ = small_data
 
     def make(out):
         torch.manual_seed(3)
@@ -180,11 +138,11 @@ def test_vq_resume_is_bit_exact(setup, tmp_path):
     assert json.loads((tmp_path / "b" / "config.json").read_text())["kind"] == "vqgan"
 
 
-def test_end_to_end_resume_restores_the_decoder_of_its_checkpoint(setup, tmp_path):
+def test_end_to_end_resume_restores_the_decoder_of_its_checkpoint(small_data, tmp_path):
     """Killed while writing checkpoint 6: the resume starts from 3, decoder included."""
 
     def make(out, **tasks):
-        return _gen_trainer(setup, out, end_to_end=True, **tasks)
+        return gen_trainer(small_data, out, end_to_end=True, **tasks)
 
     full = make(tmp_path / "full")
     full.fit()

@@ -4,56 +4,21 @@ sparse-attention op and the trainers exactly as on a GPU."""
 
 import pytest
 import torch
+from small_trainer import gen_trainer
 
-from vilg.data.pool import shapes_pool
-from vilg.data.shapes import all_corpus_text
-from vilg.data.text_tokenizer import TextTokenizer
-from vilg.model.transformer import GPTConfig, UnifiedTransformer
-from vilg.model.vqgan import VQGAN, VQConfig
-from vilg.train.stages import EndToEndTrainer, GeneratorTrainer, encode_pool
 from vilg.train.trainer import TrainConfig, resolve_precision
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@pytest.fixture(scope="module")
-def data():
-    torch.manual_seed(0)
-    train = shapes_pool("train", 48, 3, 48)
-    val = shapes_pool("val", 12, 3, 48)
-    tok = TextTokenizer.train(all_corpus_text(3, 200))
-    vq = VQGAN(VQConfig(image_size=48, patch=16, channels=(32,), codebook_size=32, code_dim=8))
-    return train, val, tok, vq
-
-
-def _trainer(data, out, end_to_end, **cfg):
-    train, val, tok, vq = data
-    torch.manual_seed(1)
-    gen = UnifiedTransformer(
-        GPTConfig(
-            text_vocab=tok.vocab_size,
-            image_vocab=32,
-            text_len=48,
-            n_layer=2,
-            n_head=2,
-            n_embd=32,
-            dropout=0.0,
-            code_dim=vq.cfg.code_dim if end_to_end else 0,
-        )
-    )
-    tc = TrainConfig(steps=6, batch_size=6, lr=3e-3, warmup=2, ckpt_every=3, progress=False, **cfg)
-    codes, val_codes = encode_pool(vq, train, "cpu"), encode_pool(vq, val, "cpu")
-    if not end_to_end:
-        return GeneratorTrainer(gen, tc, out, train, codes, val, val_codes, tok)
-    image_vq = VQGAN(vq.cfg)
-    image_vq.load_state_dict(vq.state_dict())
-    return EndToEndTrainer(gen, tc, out, train, codes, val, val_codes, tok, vq=image_vq)
+def _trainer(small_data, out, end_to_end, **train):
+    return gen_trainer(small_data, out, end_to_end, dropout=0.0, train={"steps": 6, **train})
 
 
 @pytest.mark.parametrize("end_to_end", [False, True], ids=["generator", "end2end"])
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_autocast_loss_and_gradients_follow_fp32(data, tmp_path, precision, end_to_end):
-    tr = _trainer(data, tmp_path, end_to_end)
+def test_autocast_loss_and_gradients_follow_fp32(small_data, tmp_path, precision, end_to_end):
+    tr = _trainer(small_data, tmp_path, end_to_end)
     params = [p for p in tr.model.parameters() if p.requires_grad]
 
     def step0(dtype):
@@ -78,10 +43,10 @@ def test_autocast_loss_and_gradients_follow_fp32(data, tmp_path, precision, end_
 @pytest.mark.parametrize("end_to_end", [False, True], ids=["generator", "end2end"])
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_training_with_checkpointing_trains_and_resumes(
-    data, tmp_path, precision, end_to_end
+    small_data, tmp_path, precision, end_to_end
 ):
     cfg = {"precision": precision, "grad_checkpointing": True}
-    full = _trainer(data, tmp_path / "full", end_to_end, **cfg)
+    full = _trainer(small_data, tmp_path / "full", end_to_end, **cfg)
     before = {k: v.clone() for k, v in full.model.state_dict().items()}
     full.fit()
     after = full.model.state_dict()
@@ -90,9 +55,9 @@ def test_half_precision_training_with_checkpointing_trains_and_resumes(
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
     assert all(v == v for v in full.evaluate().values() if isinstance(v, float))  # no NaN
 
-    killed = _trainer(data, tmp_path / "killed", end_to_end, **cfg)
+    killed = _trainer(small_data, tmp_path / "killed", end_to_end, **cfg)
     killed.fit(stop_at=3)
-    resumed = _trainer(data, tmp_path / "killed", end_to_end, **cfg)
+    resumed = _trainer(small_data, tmp_path / "killed", end_to_end, **cfg)
     resumed.fit()
     if precision == "fp16":
         assert resumed.scaler.get_scale() == full.scaler.get_scale()
@@ -100,11 +65,11 @@ def test_half_precision_training_with_checkpointing_trains_and_resumes(
         assert torch.equal(v, resumed.model.state_dict()[k]), k
 
 
-def test_auto_precision_is_fp32_on_cpu_and_explicit_half_is_kept(data, tmp_path):
+def test_auto_precision_is_fp32_on_cpu_and_explicit_half_is_kept(small_data, tmp_path):
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "fp32"
     assert [resolve_precision(p, cpu) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
-    tr = _trainer(data, tmp_path, False, precision="auto")
+    tr = _trainer(small_data, tmp_path, False, precision="auto")
     assert tr.amp_dtype is None and not tr.scaler.is_enabled()
     with pytest.raises(ValueError, match="precision must be"):
         TrainConfig(precision="half")
