@@ -33,7 +33,7 @@ PRESETS: dict[str, dict] = {
             "train": {"steps": 10, "batch_size": 8, "lr": 2e-3, "warmup": 2},
         },
     },
-    # the README's demo: measured 9:07-10:25 wall on 2 cores (2 threads) over five seeds,
+    # the README's demo: measured 9:00-10:25 wall on 2 cores (2 threads) over six seeds,
     # incl. eval + gallery
     "demo": {
         "data": {"train_size": 20000, "val_size": 256, "image_size": 48},
@@ -55,8 +55,8 @@ PRESETS: dict[str, dict] = {
             # 8 heads of 8: "where is the red circle" / "is there a ..." need a head that
             # matches question words against image content. With 4 heads that circuit often
             # failed to form ("where" at chance among the objects, VQA 83-87%); with 8 and
-            # 5000 steps, five fresh demos measured VQA 89.8-98% and captions 89.6-99% (every
-            # figure >= 90% in four of them), for 13% more time per step
+            # 5000 steps, six fresh demos measured VQA 89.8-98% and captions 89.6-99% (every
+            # figure >= 90% in five of them), for 13% more time per step
             "model": {"n_layer": 4, "n_head": 8, "n_embd": 64},
             "train": {
                 "steps": 5000,
