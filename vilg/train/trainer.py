@@ -121,9 +121,9 @@ class Trainer:
         if cfg.grad_checkpointing and hasattr(model, "grad_checkpointing"):
             model.grad_checkpointing = True
         self.opt = self.make_optimizer()
-        self.precision = resolve_precision(cfg.precision, self.device)
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        precision = resolve_precision(cfg.precision, self.device)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.step = 0
         self.history: list[dict] = []
 
