@@ -57,6 +57,29 @@ def test_object_counts_and_distinct_cells():
     assert abs(frac[0] - 0.4) < 0.08 and abs(frac[2] - 0.2) < 0.08
 
 
+def test_count_probs_reweight_training_scenes_but_never_cross_splits():
+    many = [sample_scene("train", 0, i, count_probs=(0, 1, 3))[0] for i in range(400)]
+    counts = np.bincount([len(s) for s in many], minlength=4)
+    assert counts[1] == 0 and 0.65 < counts[3] / 400 < 0.85
+    assert all(scene_split(s) == "train" for s in many)
+    # the benchmark's splits are untouched by the default
+    assert sample_scene("test", 0, 7)[0] == sample_scene("test", 0, 7, shapes.COUNT_PROBS)[0]
+    for bad in ((0.5, 0.5), (1, -1, 1), (0, 0, 0), "abc", (1, float("nan"), 1)):
+        with pytest.raises(ValueError, match="count_probs"):
+            sample_scene("train", 0, 0, count_probs=bad)
+
+
+def test_run_pools_lean_on_many_object_scenes_for_training_only():
+    from vilg.train.presets import get_preset
+    from vilg.train.run import build_pools
+
+    p = get_preset("tiny", ["data.train_size=60", "data.val_size=60"])
+    p["data"]["train_count_probs"] = [0, 0, 1]
+    train, val = build_pools(p, None, seed=0)
+    assert {len(s) for s in train.scenes} == {3}
+    assert {len(s) for s in val.scenes} == {1, 2, 3}
+
+
 def test_questions_have_correct_answers():
     rng = np.random.default_rng(0)
     for i in range(200):

@@ -47,8 +47,10 @@ class Pool:
         return shapes.question(self.scenes[i], kind, lang, rng)
 
 
-def shapes_pool(split: str, n: int, seed: int = 0, image_size: int = 48) -> Pool:
-    scenes = [shapes.sample_scene(split, seed, i)[0] for i in range(n)]
+def shapes_pool(
+    split: str, n: int, seed: int = 0, image_size: int = 48, count_probs=shapes.COUNT_PROBS
+) -> Pool:
+    scenes = [shapes.sample_scene(split, seed, i, count_probs)[0] for i in range(n)]
     images = np.stack([shapes.render(s, image_size) for s in scenes])
     texts = {lang: [shapes.caption(s, lang) for s in scenes] for lang in shapes.LANGS}
     return Pool(images, texts, scenes)

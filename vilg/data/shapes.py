@@ -79,7 +79,24 @@ def scene_split(scene: Scene) -> str:
     return "test"
 
 
-def random_scene(rng: np.random.Generator, count_probs=(0.4, 0.4, 0.2)) -> Scene:
+# P(1, 2, 3 objects) of the benchmark's scenes (val and test splits, and train by default)
+COUNT_PROBS = (0.4, 0.4, 0.2)
+
+
+def check_count_probs(count_probs) -> tuple:
+    try:
+        p = tuple(float(x) for x in count_probs)
+    except (TypeError, ValueError):
+        p = ()
+    if len(p) != 3 or min(p) < 0 or not np.isfinite(p).all() or sum(p) <= 0:
+        raise ValueError(
+            "count_probs must be three non-negative weights for 1, 2 and 3 objects, "
+            f"got {count_probs!r}"
+        )
+    return tuple(x / sum(p) for x in p)
+
+
+def random_scene(rng: np.random.Generator, count_probs=COUNT_PROBS) -> Scene:
     n = int(rng.choice(3, p=count_probs)) + 1
     cells = sorted(rng.choice(9, size=n, replace=False).tolist())
     return tuple(
@@ -87,14 +104,19 @@ def random_scene(rng: np.random.Generator, count_probs=(0.4, 0.4, 0.2)) -> Scene
     )
 
 
-def sample_scene(split: str, seed: int, index: int) -> tuple[Scene, np.random.Generator]:
-    """Scene i of a split; also returns the generator (for questions) in its post-scene state."""
+def sample_scene(
+    split: str, seed: int, index: int, count_probs=COUNT_PROBS
+) -> tuple[Scene, np.random.Generator]:
+    """Scene i of a split; also returns the generator (for questions) in its post-scene state.
+    Membership of a split depends on the scene alone, so a training pool drawn with other
+    count_probs still never holds a val or test scene."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+    count_probs = check_count_probs(count_probs)
     attempt = 0
     while True:
         rng = np.random.default_rng([seed, SPLIT_IDS[split], index, attempt])
-        scene = random_scene(rng)
+        scene = random_scene(rng, count_probs)
         if scene_split(scene) == split:
             return scene, rng
         attempt += 1

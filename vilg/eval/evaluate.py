@@ -67,8 +67,10 @@ def eval_captions(
     for s in range(0, len(images), batch):
         hyps += pipe.caption(images[s : s + batch], lang=lang, beam=beam)
     refs = [shapes.caption(sc, lang) for sc in scenes]
+    ok = [h == r for h, r in zip(hyps, refs)]
     return {
-        "exact": round(float(np.mean([h == r for h, r in zip(hyps, refs)])), 4),
+        "exact": round(float(np.mean(ok)), 4),
+        "exact_by_objects": _by_objects(ok, scenes),
         "bleu4": round(metrics.bleu4(hyps, [[r] for r in refs]), 4),
         "cider_d": round(metrics.cider_d(hyps, [[r] for r in refs]), 4),
         "n": len(refs),
@@ -82,7 +84,7 @@ def eval_vqa(pipe: Pipeline, images: torch.Tensor, scenes, lang: str, seed: int 
     for i, sc in enumerate(scenes):
         kind = shapes.QUESTION_KINDS[i % len(shapes.QUESTION_KINDS)]
         qa.append((i, kind, *shapes.question(sc, kind, lang, rng)))
-    right, by_kind = 0, {}
+    right, by_kind, ok_at = 0, {}, {}
     # one question text at a time shares a prompt length; group identical questions
     groups: dict[str, list] = {}
     for row in qa:
@@ -90,8 +92,8 @@ def eval_vqa(pipe: Pipeline, images: torch.Tensor, scenes, lang: str, seed: int 
     for q, rows in groups.items():
         idx = [r[0] for r in rows]
         answers = pipe.answer(images[idx], q)
-        for (_, kind, _, a), pred in zip(rows, answers):
-            ok = pred == a
+        for (i, kind, _, a), pred in zip(rows, answers):
+            ok = ok_at[i] = pred == a
             right += ok
             k = by_kind.setdefault(kind, [0, 0])
             k[0] += ok
@@ -100,7 +102,16 @@ def eval_vqa(pipe: Pipeline, images: torch.Tensor, scenes, lang: str, seed: int 
         "accuracy": round(right / max(len(qa), 1), 4),
         "n": len(qa),
         "by_kind": {k: round(v[0] / v[1], 4) for k, v in by_kind.items()},
+        "by_objects": _by_objects([ok_at[i] for i in range(len(qa))], scenes),
     }
+
+
+def _by_objects(ok: list, scenes) -> dict:
+    """Accuracy per object count: the share of 1-object scenes would hide the hard ones."""
+    out: dict = {}
+    for o, sc in zip(ok, scenes):
+        out.setdefault(str(len(sc)), []).append(o)
+    return {n: round(float(np.mean(v)), 4) for n, v in sorted(out.items())}
 
 
 @torch.no_grad()
@@ -142,9 +153,13 @@ def evaluate(
             f" after {r['text2image']['after_rerank']['fully_correct']}"
         )
         r["caption"] = eval_captions(pipe, images[:n_caption], test.scenes[:n_caption], lang)
-        log(f"[{lang}] caption exact {r['caption']['exact']} bleu4 {r['caption']['bleu4']}")
+        c = r["caption"]
+        log(
+            f"[{lang}] caption exact {c['exact']} (by objects {c['exact_by_objects']})"
+            f" bleu4 {c['bleu4']}"
+        )
         r["vqa"] = eval_vqa(pipe, images[:n_caption], test.scenes[:n_caption], lang, seed)
-        log(f"[{lang}] vqa {r['vqa']['accuracy']}")
+        log(f"[{lang}] vqa {r['vqa']['accuracy']} (by objects {r['vqa']['by_objects']})")
         res[lang] = r
     res["eval_seconds"] = round(time.perf_counter() - t0, 1)
     return res

@@ -44,7 +44,14 @@ def build_pools(preset: dict, data: str | None, seed: int) -> tuple[Pool, Pool]:
     d = preset["data"]
     if data is None:
         return (
-            shapes_pool("train", d["train_size"], seed, d["image_size"]),
+            # training may lean on the harder many-object scenes; val keeps the benchmark's mix
+            shapes_pool(
+                "train",
+                d["train_size"],
+                seed,
+                d["image_size"],
+                d.get("train_count_probs", shapes.COUNT_PROBS),
+            ),
             shapes_pool("val", d["val_size"], seed, d["image_size"]),
         )
     pool = user_pool(data, d["image_size"], limit=d["train_size"] + d["val_size"])
