@@ -159,3 +159,18 @@ def test_end_to_end_resume_restores_the_decoder_of_its_checkpoint(small_data, tm
     for tasks in ({"t2i_frac": 0.0}, {"schedule": [[0.5, [0.0, 1.0, 1.0]]]}):
         with pytest.raises(ValueError, match="text->image rows"):
             make(tmp_path / "bad", **tasks)
+
+
+def test_question_kind_weights_steer_the_vqa_rows(small_data, tmp_path):
+    tr = gen_trainer(small_data, tmp_path / "kw", kind_weights={"where": 1, "exists": 3})
+    rng = np.random.default_rng(0)
+    seen = []
+    for _ in range(4):
+        _, _, vqa = tr.make_batches(tr.pool, tr.codes, tr.cap_ids, np.arange(8), rng)
+        seen += [tr.tok.decode([t for t in q if t != tr.tok.pad_id]) for q in vqa["question"]]
+    where = [q for q in seen if q.startswith("where") or "在哪里" in q]
+    exists = [q for q in seen if q.startswith("is there") or q.endswith("吗?")]
+    assert len(where) + len(exists) == len(seen) and len(exists) > len(where) > 0, seen
+    for bad in ({"why": 1}, {"where": -1}, {"where": 0}):
+        with pytest.raises(ValueError, match="kind_weights"):
+            gen_trainer(small_data, tmp_path / "bad", kind_weights=bad)

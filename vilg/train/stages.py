@@ -236,6 +236,19 @@ def _check_schedule(schedule) -> list[tuple[float, tuple]]:
     return out
 
 
+def _check_kind_weights(weights) -> dict | None:
+    if weights is None:
+        return None
+    kinds = shapes.QUESTION_KINDS
+    w = {str(k): float(v) for k, v in dict(weights).items()}
+    if set(w) - set(kinds) or min(w.values(), default=0) < 0 or sum(w.values()) <= 0:
+        raise ValueError(
+            f"kind_weights must map question kinds {list(kinds)} to weights >= 0, not all 0; "
+            f"got {weights}"
+        )
+    return w
+
+
 class GeneratorTrainer(Trainer):
     name = "generator"
 
@@ -268,7 +281,7 @@ class GeneratorTrainer(Trainer):
         # captions and text->image converge long before VQA, so the mix can change as training
         # goes: schedule [[start, [t2i, cap, vqa]], ...] uses each mix from step start * steps
         self.schedule = _check_schedule(schedule)
-        self.kind_weights = kind_weights  # None: uniform over question kinds
+        self.kind_weights = _check_kind_weights(kind_weights)  # None: uniform over kinds
         # an answer is 1-2 tokens against a caption's ~15: weight each answer token this much
         self.vqa_weight = vqa_weight
         self.cap_ids = {lang: [tok.encode(t) for t in caps] for lang, caps in pool.texts.items()}
