@@ -33,7 +33,7 @@ PRESETS: dict[str, dict] = {
             "train": {"steps": 10, "batch_size": 8, "lr": 2e-3, "warmup": 2},
         },
     },
-    # the README's demo: measured 9:00-10:25 wall on 2 cores (2 threads) over six seeds,
+    # the README's demo: measured 8:56-9:36 wall on 2 cores (2 threads) over six seeds,
     # incl. eval + gallery
     "demo": {
         "data": {
@@ -42,7 +42,7 @@ PRESETS: dict[str, dict] = {
             "image_size": 48,
             # P(1, 2, 3 objects) of the training scenes (the benchmark draws 0.4 / 0.4 / 0.2).
             # With the benchmark's mix nearly every caption and VQA error was on 3-object
-            # scenes (exact captions 60-73% there, "where" 23-64%), see the README
+            # scenes (exact captions 60-73% there, "where" 23-64%; now 75-97%), see the README
             "train_count_probs": [0.25, 0.35, 0.4],
         },
         "vq": {
@@ -62,9 +62,9 @@ PRESETS: dict[str, dict] = {
         "generator": {
             # 8 heads of 8: "where is the red circle" / "is there a ..." need a head that
             # matches question words against image content. With 4 heads that circuit often
-            # failed to form ("where" at chance among the objects, VQA 83-87%); with 8 and
-            # 5000 steps, six fresh demos measured VQA 89.8-98% and captions 89.6-99% (every
-            # figure >= 90% in five of them), for 13% more time per step
+            # failed to form ("where" at chance among the objects, VQA 83-87%); with 8, 5000
+            # steps and the object counts / question weights here, six fresh demos measured
+            # captions 90.6-99.2% and VQA 90.8-100%, for 13% more time per step than 4 heads
             "model": {"n_layer": 4, "n_head": 8, "n_embd": 64},
             "train": {
                 "steps": 5000,
@@ -79,7 +79,8 @@ PRESETS: dict[str, dict] = {
             # constant mix, exact captions 89.5/90% against 88-96% (see the README for the
             # run-to-run spread and the variants tried)
             # "where" and "is there" need the model to find an object by colour and shape,
-            # the slowest circuit to form; count is learnt almost at once
+            # the slowest lookup to form (with the counts above alone, "is there" stayed near
+            # chance in two of five runs); count is learnt almost at once
             "tasks": {
                 "schedule": [[0.25, [0.5, 0.5, 2.0]]],
                 "kind_weights": {"color": 1, "shape": 1, "count": 0.5, "where": 2, "exists": 2},
@@ -128,9 +129,9 @@ def _merged(base: dict, changes: dict) -> dict:
     return out
 
 
-# the longer recipe: the demo's architecture and late task mix, more scenes, 7000 generator
-# steps; measured 13:31 wall for `vilg train --preset long` on 2 cores (2 threads), images
-# 100%, captions 95.6%, VQA 97% (see the README)
+# the longer recipe: the demo's architecture and task mix, more scenes, 7000 generator steps;
+# measured 13:35 wall for `vilg train --preset long` on 2 cores (2 threads), images 100%,
+# captions 98.2-98.4%, VQA 100% (see the README)
 PRESETS["long"] = _merged(
     PRESETS["demo"],
     {
