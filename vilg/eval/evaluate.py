@@ -84,34 +84,33 @@ def eval_vqa(pipe: Pipeline, images: torch.Tensor, scenes, lang: str, seed: int 
     for i, sc in enumerate(scenes):
         kind = shapes.QUESTION_KINDS[i % len(shapes.QUESTION_KINDS)]
         qa.append((i, kind, *shapes.question(sc, kind, lang, rng)))
-    right, by_kind, ok_at = 0, {}, {}
+    ok = [False] * len(qa)
     # one question text at a time shares a prompt length; group identical questions
     groups: dict[str, list] = {}
     for row in qa:
         groups.setdefault(row[2], []).append(row)
     for q, rows in groups.items():
-        idx = [r[0] for r in rows]
-        answers = pipe.answer(images[idx], q)
-        for (i, kind, _, a), pred in zip(rows, answers):
-            ok = ok_at[i] = pred == a
-            right += ok
-            k = by_kind.setdefault(kind, [0, 0])
-            k[0] += ok
-            k[1] += 1
+        answers = pipe.answer(images[[r[0] for r in rows]], q)
+        for (i, _, _, a), pred in zip(rows, answers):
+            ok[i] = pred == a
     return {
-        "accuracy": round(right / max(len(qa), 1), 4),
+        "accuracy": round(sum(ok) / max(len(qa), 1), 4),
         "n": len(qa),
-        "by_kind": {k: round(v[0] / v[1], 4) for k, v in by_kind.items()},
-        "by_objects": _by_objects([ok_at[i] for i in range(len(qa))], scenes),
+        "by_kind": _accuracy_by(ok, [kind for _, kind, _, _ in qa]),
+        "by_objects": _by_objects(ok, scenes),
     }
+
+
+def _accuracy_by(ok: list, keys: list) -> dict:
+    groups: dict = {}
+    for o, k in zip(ok, keys):
+        groups.setdefault(k, []).append(o)
+    return {k: round(float(np.mean(v)), 4) for k, v in sorted(groups.items())}
 
 
 def _by_objects(ok: list, scenes) -> dict:
     """Accuracy per object count: the share of 1-object scenes would hide the hard ones."""
-    out: dict = {}
-    for o, sc in zip(ok, scenes):
-        out.setdefault(str(len(sc)), []).append(o)
-    return {n: round(float(np.mean(v)), 4) for n, v in sorted(out.items())}
+    return _accuracy_by(ok, [str(len(sc)) for sc in scenes])
 
 
 @torch.no_grad()
