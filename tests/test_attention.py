@@ -58,6 +58,18 @@ def test_matches_dense_fp32(gen, bwd, kind, direction, grid, padded):
     _check(lay, q, k, v, lens)
 
 
+@pytest.mark.parametrize("cache_mb", [None, "0"])
+@pytest.mark.parametrize("grid", [(3, 3), (9, 9)])
+def test_tile_cache_is_per_head(gen, bwd, monkeypatch, cache_mb, grid):
+    """Converted K/V (and Q/dO) tiles are reused only within one (batch, head): a one-tile layout
+    (the demo's 3x3 grid) over several heads, and the uncached path (no cache memory)."""
+    if cache_mb is not None:
+        monkeypatch.setenv("VILG_CPU_TILE_CACHE_MB", cache_mb)
+    lay = ernie_vilg("row", 7, grid)
+    q, k, v = _inputs(gen, 3, 3, lay.seq_len, 16)
+    _check(lay, q, k, v, torch.tensor([7, 4, 0]))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kind", KINDS)
 def test_half_precision(gen, bwd, dtype, kind):

@@ -30,6 +30,13 @@ def _pipeline(args):
     return Pipeline.load(args.run, device=args.device, end_to_end=e2e)
 
 
+def cmd_profile(args) -> int:
+    from vilg.profile import run
+
+    run(args)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from vilg.demo import run_demo
 
@@ -256,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     run_opts(sp)
     sp.set_defaults(fn=cmd_eval)
+
+    from vilg import profile
+
+    sp = sub.add_parser(
+        "profile",
+        help="time one kernel against the machine's own limits (roofline probe)",
+        description=profile.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    profile.parser(sp)
+    sp.set_defaults(fn=cmd_profile)
 
     sp = sub.add_parser("info", help="build information")
     sp.set_defaults(fn=cmd_info)

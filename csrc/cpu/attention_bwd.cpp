@@ -40,40 +40,91 @@ void delta_pass(const AttnParams& p) {
 }
 
 struct Scratch {
-  std::vector<float> Q, dO, Kt, Vt, K, S, dP, acc, acc2, lse, delta;
+  std::vector<float> S, dP, acc, acc2;
   std::vector<uint64_t> mask;
   Scratch(int bs, int Dp)
-      : Q(size_t(bs) * Dp), dO(size_t(bs) * Dp), Kt(size_t(Dp) * bs), Vt(size_t(Dp) * bs),
-        K(size_t(bs) * Dp), S(size_t(bs) * bs), dP(size_t(bs) * bs), acc(size_t(bs) * Dp),
-        acc2(size_t(bs) * Dp), lse(bs), delta(bs) {}
+      : S(size_t(bs) * bs), dP(size_t(bs) * bs), acc(size_t(bs) * Dp), acc2(size_t(bs) * Dp) {}
 };
 
-// P [mq x mk] and dS of one (query tile, key tile) pair, packed with leading dim mk; expects
-// Q, dO, Kt, Vt (leading dim bs), lse and delta loaded.
-void pair_grads(Scratch& s, int bs, int mq, int mk, int Dp, float scale, const uint64_t* rm,
-                int words) {
+// The float operands of one key tile (K^T and V^T [Dp x bs], K [bs x Dp]) or one query tile
+// (Q and dO [bs x Dp], lse and delta [bs]), as laid out in a TileCache slot.
+struct KeySide {
+  float *Kt, *Vt, *K;
+  static size_t floats(int bs, int Dp) { return 3 * size_t(bs) * Dp; }
+  KeySide(float* base, int bs, int Dp)
+      : Kt(base), Vt(base + size_t(bs) * Dp), K(base + 2 * size_t(bs) * Dp) {}
+};
+struct QuerySide {
+  float *Q, *dO, *lse, *delta;
+  static size_t floats(int bs, int Dp) { return 2 * size_t(bs) * Dp + 2 * size_t(bs); }
+  QuerySide(float* base, int bs, int Dp)
+      : Q(base), dO(base + size_t(bs) * Dp), lse(base + 2 * size_t(bs) * Dp),
+        delta(base + 2 * size_t(bs) * Dp + bs) {}
+};
+
+// P [mq x mk] and dS of one (query tile, key tile) pair into s.S / s.dP, packed with leading
+// dim mk. occ (null for a full tile) skips the 4x16 blocks with no allowed entry.
+void pair_grads(Scratch& s, const QuerySide& qs, const KeySide& ks, int bs, int mq, int mk,
+                int Dp, float scale, const uint64_t* rm, int words, const Occupancy* occ) {
   const size_t n = size_t(mq) * mk;
-  std::fill(s.S.begin(), s.S.begin() + n, 0.f);
-  gemm_nn(mq, mk, Dp, s.Q.data(), Dp, s.Kt.data(), bs, s.S.data(), mk);
+  const uint32_t* blocks = occ ? occ->rows : nullptr;
+  if (!occ) {
+    std::fill(s.S.begin(), s.S.begin() + n, 0.f);
+    std::fill(s.dP.begin(), s.dP.begin() + n, 0.f);
+    gemm_nn(mq, mk, Dp, qs.Q, Dp, ks.Kt, bs, s.S.data(), mk);
+    gemm_nn(mq, mk, Dp, qs.dO, Dp, ks.Vt, bs, s.dP.data(), mk);
+  } else {
+    gemm_nn_blocks(mq, mk, Dp, qs.Q, Dp, ks.Kt, bs, s.S.data(), mk, blocks);
+    gemm_nn_blocks(mq, mk, Dp, qs.dO, Dp, ks.Vt, bs, s.dP.data(), mk, blocks);
+  }
   for (size_t i = 0; i < n; ++i) s.S[i] *= scale;
-  probs_from_lse(s.S.data(), mq, mk, rm, words, s.lse.data());
-  std::fill(s.dP.begin(), s.dP.begin() + n, 0.f);
-  gemm_nn(mq, mk, Dp, s.dO.data(), Dp, s.Vt.data(), bs, s.dP.data(), mk);
-  dscores(s.dP.data(), s.S.data(), mq, mk, s.delta.data());
+  probs_from_lse(s.S.data(), mq, mk, rm, words, qs.lse, blocks);
+  dscores(s.dP.data(), s.S.data(), mq, mk, qs.delta, blocks);
+}
+
+// dQ += dS K, dV += P^T dO and dK += dS^T Q for one pair (null accumulators are skipped).
+void pair_accumulate(Scratch& s, const QuerySide& qs, const KeySide& ks, int mq, int mk, int Dp,
+                     const Occupancy* occ, float* dq, float* dk, float* dv) {
+  if (!occ) {
+    if (dq) gemm_nn(mq, Dp, mk, s.dP.data(), mk, ks.K, Dp, dq, Dp);
+    if (dv) gemm_tn(mk, Dp, mq, s.S.data(), mk, qs.dO, Dp, dv, Dp);
+    if (dk) gemm_tn(mk, Dp, mq, s.dP.data(), mk, qs.Q, Dp, dk, Dp);
+    return;
+  }
+  if (dq) gemm_nn_ksparse(mq, Dp, mk, s.dP.data(), mk, ks.K, Dp, dq, Dp, occ->rows);
+  if (dv) gemm_tn_ksparse(mk, Dp, mq, s.S.data(), mk, qs.dO, Dp, dv, Dp, occ->cols);
+  if (dk) gemm_tn_ksparse(mk, Dp, mq, s.dP.data(), mk, qs.Q, Dp, dk, Dp, occ->cols);
 }
 
 template <typename T>
-void load_query_side(Scratch& s, const AttnParams& p, int b, int h, int qb) {
+void load_key_side(const KeySide& ks, const AttnParams& p, int b, int h, int kb) {
+  const BlockSparse& ls = p.ls;
+  const int bs = ls.block, D = p.head_dim, Dp = round16(D);
+  const T* kbase = slice<const T>(p.k, p.k_s, b, h);
+  load_tile(ks.Kt, bs, kbase, p.k_s[2], ls, kb * bs, bs, D, Dp, true);
+  load_tile(ks.K, Dp, kbase, p.k_s[2], ls, kb * bs, bs, D, Dp, false);
+  load_tile(ks.Vt, bs, slice<const T>(p.v, p.v_s, b, h), p.v_s[2], ls, kb * bs, bs, D, Dp, true);
+}
+
+template <typename T>
+void load_query_side(const QuerySide& qs, const AttnParams& p, int b, int h, int qb) {
   const BlockSparse& ls = p.ls;
   const int bs = ls.block, D = p.head_dim, Dp = round16(D);
   const int64_t off = (int64_t(b) * p.heads + h) * ls.seq_len;
-  load_tile(s.Q.data(), Dp, slice<const T>(p.q, p.q_s, b, h), p.q_s[2], ls, qb * bs, bs, D, Dp,
+  load_tile(qs.Q, Dp, slice<const T>(p.q, p.q_s, b, h), p.q_s[2], ls, qb * bs, bs, D, Dp, false);
+  load_tile(qs.dO, Dp, slice<const T>(p.dout, p.do_s, b, h), p.do_s[2], ls, qb * bs, bs, D, Dp,
             false);
-  load_tile(s.dO.data(), Dp, slice<const T>(p.dout, p.do_s, b, h), p.do_s[2], ls, qb * bs, bs, D,
-            Dp, false);
   // Rows past L get lse = -inf, so their probabilities are zero.
-  load_rowvec(s.lse.data(), p.lse + off, ls, qb * bs, bs, -__builtin_inff());
-  load_rowvec(s.delta.data(), p.delta + off, ls, qb * bs, bs, 0.f);
+  load_rowvec(qs.lse, p.lse + off, ls, qb * bs, bs, -__builtin_inff());
+  load_rowvec(qs.delta, p.delta + off, ls, qb * bs, bs, 0.f);
+}
+
+// The tile's row masks and, for a partial tile, its occupancy (null for a full tile).
+inline const Occupancy* tile_occupancy(Occupancy& occ, const uint64_t* rm, int words, int mq,
+                                       int mk) {
+  if (!rm) return nullptr;
+  occupancy(rm, words, mq, mk, occ);
+  return &occ;
 }
 
 template <typename T>
@@ -84,25 +135,27 @@ void dq_pass(const AttnParams& p) {
 #pragma omp parallel
   {
     Scratch s(bs, Dp);
+    std::vector<float> qbuf(QuerySide::floats(bs, Dp));
+    const QuerySide qs(qbuf.data(), bs, Dp);
+    TileCache keys(ls.num_k_blocks, KeySide::floats(bs, Dp));
+    Occupancy occ;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
       const int qb = int(t % ls.num_q_blocks), h = int((t / ls.num_q_blocks) % p.heads);
       const int b = int(t / (int64_t(ls.num_q_blocks) * p.heads));
       const int tv = text_valid_len(p, b);
-      load_query_side<T>(s, p, b, h, qb);
+      load_query_side<T>(qs, p, b, h, qb);
       std::fill(s.acc.begin(), s.acc.end(), 0.f);
+      const int mq = valid16(ls, qb);
       for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
-        const int kb = ls.q_kv[e];
+        const int kb = ls.q_kv[e], mk = valid16(ls, kb);
         const uint64_t* rm = tile_rowmask(s.mask, ls, ls.q_mask[e], kb, tv);
-        load_tile(s.Kt.data(), bs, slice<const T>(p.k, p.k_s, b, h), p.k_s[2], ls, kb * bs, bs,
-                  D, Dp, true);
-        load_tile(s.K.data(), Dp, slice<const T>(p.k, p.k_s, b, h), p.k_s[2], ls, kb * bs, bs, D,
-                  Dp, false);
-        load_tile(s.Vt.data(), bs, slice<const T>(p.v, p.v_s, b, h), p.v_s[2], ls, kb * bs, bs,
-                  D, Dp, true);
-        const int mq = valid16(ls, qb), mk = valid16(ls, kb);
-        pair_grads(s, bs, mq, mk, Dp, p.scale, rm, ls.mask_words);
-        gemm_nn(mq, Dp, mk, s.dP.data(), mk, s.K.data(), Dp, s.acc.data(), Dp);  // dQ += dS K
+        bool fresh;
+        const KeySide ks(keys.get(t / ls.num_q_blocks, kb, fresh), bs, Dp);
+        if (fresh) load_key_side<T>(ks, p, b, h, kb);
+        const Occupancy* o = tile_occupancy(occ, rm, ls.mask_words, mq, mk);
+        pair_grads(s, qs, ks, bs, mq, mk, Dp, p.scale, rm, ls.mask_words, o);
+        pair_accumulate(s, qs, ks, mq, mk, Dp, o, s.acc.data(), nullptr, nullptr);
       }
       store_tile(slice<T>(p.dq, p.dq_s, b, h), p.dq_s[2], s.acc.data(), Dp, ls, qb * bs, bs, D,
                  p.scale);
@@ -118,25 +171,28 @@ void dkdv_pass(const AttnParams& p) {
 #pragma omp parallel
   {
     Scratch s(bs, Dp);
+    std::vector<float> kbuf(KeySide::floats(bs, Dp));
+    const KeySide ks(kbuf.data(), bs, Dp);
+    TileCache queries(ls.num_q_blocks, QuerySide::floats(bs, Dp));
+    Occupancy occ;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
       const int kb = int(t % ls.num_k_blocks), h = int((t / ls.num_k_blocks) % p.heads);
       const int b = int(t / (int64_t(ls.num_k_blocks) * p.heads));
       const int tv = text_valid_len(p, b);
-      load_tile(s.Kt.data(), bs, slice<const T>(p.k, p.k_s, b, h), p.k_s[2], ls, kb * bs, bs, D,
-                Dp, true);
-      load_tile(s.Vt.data(), bs, slice<const T>(p.v, p.v_s, b, h), p.v_s[2], ls, kb * bs, bs, D,
-                Dp, true);
+      load_key_side<T>(ks, p, b, h, kb);
       std::fill(s.acc.begin(), s.acc.end(), 0.f);   // dK
       std::fill(s.acc2.begin(), s.acc2.end(), 0.f);  // dV
+      const int mk = valid16(ls, kb);
       for (int e = ls.k_ptr[kb]; e < ls.k_ptr[kb + 1]; ++e) {
-        const int qb = ls.k_q[e];
+        const int qb = ls.k_q[e], mq = valid16(ls, qb);
         const uint64_t* rm = tile_rowmask(s.mask, ls, ls.k_mask[e], kb, tv);
-        load_query_side<T>(s, p, b, h, qb);
-        const int mq = valid16(ls, qb), mk = valid16(ls, kb);
-        pair_grads(s, bs, mq, mk, Dp, p.scale, rm, ls.mask_words);
-        gemm_tn(mk, Dp, mq, s.S.data(), mk, s.dO.data(), Dp, s.acc2.data(), Dp);  // dV += P^T dO
-        gemm_tn(mk, Dp, mq, s.dP.data(), mk, s.Q.data(), Dp, s.acc.data(), Dp);   // dK += dS^T Q
+        bool fresh;
+        const QuerySide qs(queries.get(t / ls.num_k_blocks, qb, fresh), bs, Dp);
+        if (fresh) load_query_side<T>(qs, p, b, h, qb);
+        const Occupancy* o = tile_occupancy(occ, rm, ls.mask_words, mq, mk);
+        pair_grads(s, qs, ks, bs, mq, mk, Dp, p.scale, rm, ls.mask_words, o);
+        pair_accumulate(s, qs, ks, mq, mk, Dp, o, nullptr, s.acc.data(), s.acc2.data());
       }
       store_tile(slice<T>(p.dk, p.dk_s, b, h), p.dk_s[2], s.acc.data(), Dp, ls, kb * bs, bs, D,
                  p.scale);
@@ -155,31 +211,31 @@ void fused_pass(const AttnParams& p) {
 #pragma omp parallel
   {
     Scratch s(bs, Dp);
+    std::vector<float> qbuf(QuerySide::floats(bs, Dp));
+    const QuerySide qs(qbuf.data(), bs, Dp);
+    TileCache keys(ls.num_k_blocks, KeySide::floats(bs, Dp));
+    Occupancy occ;
     std::vector<float> dK(all), dV(all);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
       const int h = int(t % p.heads), b = int(t / p.heads);
       const int tv = text_valid_len(p, b);
-      const T* kbase = slice<const T>(p.k, p.k_s, b, h);
-      const T* vbase = slice<const T>(p.v, p.v_s, b, h);
       std::fill(dK.begin(), dK.end(), 0.f);
       std::fill(dV.begin(), dV.end(), 0.f);
       for (int qb = 0; qb < ls.num_q_blocks; ++qb) {
-        load_query_side<T>(s, p, b, h, qb);
+        load_query_side<T>(qs, p, b, h, qb);
         std::fill(s.acc.begin(), s.acc.end(), 0.f);  // dQ
         const int mq = valid16(ls, qb);
         for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
           const int kb = ls.q_kv[e], mk = valid16(ls, kb);
           const uint64_t* rm = tile_rowmask(s.mask, ls, ls.q_mask[e], kb, tv);
-          load_tile(s.Kt.data(), bs, kbase, p.k_s[2], ls, kb * bs, bs, D, Dp, true);
-          load_tile(s.K.data(), Dp, kbase, p.k_s[2], ls, kb * bs, bs, D, Dp, false);
-          load_tile(s.Vt.data(), bs, vbase, p.v_s[2], ls, kb * bs, bs, D, Dp, true);
-          pair_grads(s, bs, mq, mk, Dp, p.scale, rm, ls.mask_words);
-          gemm_nn(mq, Dp, mk, s.dP.data(), mk, s.K.data(), Dp, s.acc.data(), Dp);  // dQ += dS K
-          float* dk = dK.data() + tile * kb;
-          float* dv = dV.data() + tile * kb;
-          gemm_tn(mk, Dp, mq, s.S.data(), mk, s.dO.data(), Dp, dv, Dp);   // dV += P^T dO
-          gemm_tn(mk, Dp, mq, s.dP.data(), mk, s.Q.data(), Dp, dk, Dp);   // dK += dS^T Q
+          bool fresh;
+          const KeySide ks(keys.get(t, kb, fresh), bs, Dp);
+          if (fresh) load_key_side<T>(ks, p, b, h, kb);
+          const Occupancy* o = tile_occupancy(occ, rm, ls.mask_words, mq, mk);
+          pair_grads(s, qs, ks, bs, mq, mk, Dp, p.scale, rm, ls.mask_words, o);
+          pair_accumulate(s, qs, ks, mq, mk, Dp, o, s.acc.data(), dK.data() + tile * kb,
+                          dV.data() + tile * kb);
         }
         store_tile(slice<T>(p.dq, p.dq_s, b, h), p.dq_s[2], s.acc.data(), Dp, ls, qb * bs, bs, D,
                    p.scale);

@@ -19,9 +19,10 @@ void fwd_impl(const AttnParams& p) {
   const int64_t tasks = int64_t(p.batch) * p.heads * ls.num_q_blocks;
 #pragma omp parallel
   {
-    std::vector<float> Q(size_t(bs) * Dp), Kt(size_t(Dp) * bs), V(size_t(bs) * Dp),
-        S(size_t(bs) * bs), O(size_t(bs) * Dp), m(bs), l(bs);
+    std::vector<float> Q(size_t(bs) * Dp), S(size_t(bs) * bs), O(size_t(bs) * Dp), m(bs), l(bs);
     std::vector<uint64_t> maskbuf;
+    TileCache kv(ls.num_k_blocks, 2 * size_t(bs) * Dp);  // K^T [Dp x bs], then V [bs x Dp]
+    Occupancy occ;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
       const int qb = int(t % ls.num_q_blocks);
@@ -42,12 +43,26 @@ void fwd_impl(const AttnParams& p) {
       for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
         const int kb = ls.q_kv[e], mk = valid16(ls, kb);
         const uint64_t* rm = tile_rowmask(maskbuf, ls, ls.q_mask[e], kb, tv);
-        load_tile(Kt.data(), bs, kbase, p.k_s[2], ls, kb * bs, bs, D, Dp, true);
-        load_tile(V.data(), Dp, vbase, p.v_s[2], ls, kb * bs, bs, D, Dp, false);
-        std::fill(S.begin(), S.begin() + size_t(mq) * mk, 0.f);
-        gemm_nn(mq, mk, Dp, Q.data(), Dp, Kt.data(), bs, S.data(), mk);
-        softmax_step(S.data(), mq, mk, rm, ls.mask_words, m.data(), l.data(), O.data(), Dp);
-        gemm_nn(mq, Dp, mk, S.data(), mk, V.data(), Dp, O.data(), Dp);
+        bool fresh;
+        float* Kt = kv.get(t / ls.num_q_blocks, kb, fresh);
+        float* V = Kt + size_t(Dp) * bs;
+        if (fresh) {
+          load_tile(Kt, bs, kbase, p.k_s[2], ls, kb * bs, bs, D, Dp, true);
+          load_tile(V, Dp, vbase, p.v_s[2], ls, kb * bs, bs, D, Dp, false);
+        }
+        if (rm) {
+          occupancy(rm, ls.mask_words, mq, mk, occ);
+          gemm_nn_blocks(mq, mk, Dp, Q.data(), Dp, Kt, bs, S.data(), mk, occ.rows);
+          softmax_step(S.data(), mq, mk, rm, ls.mask_words, m.data(), l.data(), O.data(), Dp,
+                       occ.rows);
+          gemm_nn_ksparse(mq, Dp, mk, S.data(), mk, V, Dp, O.data(), Dp, occ.rows);
+        } else {
+          std::fill(S.begin(), S.begin() + size_t(mq) * mk, 0.f);
+          gemm_nn(mq, mk, Dp, Q.data(), Dp, Kt, bs, S.data(), mk);
+          softmax_step(S.data(), mq, mk, nullptr, ls.mask_words, m.data(), l.data(), O.data(),
+                       Dp);
+          gemm_nn(mq, Dp, mk, S.data(), mk, V, Dp, O.data(), Dp);
+        }
       }
       float* lse = p.lse + (int64_t(b) * p.heads + h) * L;
       for (int r = 0; r < bs && qb * bs + r < L; ++r) {

@@ -2,6 +2,7 @@
 // scratch, following the layout's permutation; and building a tile's row masks.
 #pragma once
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -70,6 +71,41 @@ inline const uint64_t* tile_rowmask(std::vector<uint64_t>& dst, const BlockSpars
   }
   return dst.data();
 }
+
+// Per-thread store of converted tiles of one (batch, head): a key tile that many query tiles
+// visit (the text prefix visits every one) is converted to float once per head, not once per
+// visit. Past VILG_CPU_TILE_CACHE_MB (default 16) per thread it holds a single slot, refilled
+// on every call.
+inline size_t tile_cache_floats() {
+  const char* env = std::getenv("VILG_CPU_TILE_CACHE_MB");
+  const long mb = env ? std::atol(env) : 16;
+  return size_t(mb < 0 ? 0 : mb) << 18;  // 4-byte floats per MiB
+}
+
+class TileCache {
+ public:
+  TileCache(int tiles, size_t floats_per_tile, size_t budget = tile_cache_floats())
+      : per_(floats_per_tile),
+        cached_(floats_per_tile * tiles <= budget),
+        owner_(cached_ ? tiles : 1, -1),
+        data_(per_ * owner_.size()) {}
+  // Tile t of (batch, head) `owner`; `fresh` is set when the caller must fill it.
+  float* get(int64_t owner, int t, bool& fresh) {
+    if (!cached_) {
+      fresh = true;
+      return data_.data();
+    }
+    fresh = owner_[t] != owner;
+    owner_[t] = owner;
+    return data_.data() + per_ * t;
+  }
+
+ private:
+  size_t per_;
+  bool cached_;
+  std::vector<int64_t> owner_;
+  std::vector<float> data_;
+};
 
 // Pointer to the [L, D] slice of sample b, head h.
 template <typename T>

@@ -59,52 +59,117 @@ inline float hsum(v8f v) {
   return s;
 }
 
-// C[4 x 16] += A[4 x k] B[k x 16] (A transposed when TransA): 8 accumulators in registers.
-template <bool TransA>
-inline void micro(int k, const float* A, int lda, const float* B, int ldb, float* C, int ldc) {
+// C[4 x 16] (+)= A[4 x k] B[k x 16] (A transposed when TransA), over the 16-deep slices of k
+// set in kbits (all of them when kbits is ~0): 8 accumulators in registers.
+template <bool TransA, bool Acc>
+inline void micro(int k, uint32_t kbits, const float* A, int lda, const float* B, int ldb,
+                  float* C, int ldc) {
   v8f c00{}, c01{}, c10{}, c11{}, c20{}, c21{}, c30{}, c31{};
-  for (int p = 0; p < k; ++p) {
-    const float* b = B + int64_t(p) * ldb;
-    const v8f b0 = ld(b), b1 = ld(b + 8);
-    const float* a = TransA ? A + int64_t(p) * lda : A + p;
-    const int64_t s = TransA ? 1 : lda;
-    const float a0 = a[0], a1 = a[s], a2 = a[2 * s], a3 = a[3 * s];
-    c00 += b0 * a0; c01 += b1 * a0;
-    c10 += b0 * a1; c11 += b1 * a1;
-    c20 += b0 * a2; c21 += b1 * a2;
-    c30 += b0 * a3; c31 += b1 * a3;
+  const int64_t s = TransA ? 1 : lda;
+  for (int p0 = 0; p0 < k; p0 += 16) {
+    if (!(kbits >> (p0 >> 4) & 1u)) continue;
+    for (int p = p0; p < p0 + 16; ++p) {
+      const float* b = B + int64_t(p) * ldb;
+      const v8f b0 = ld(b), b1 = ld(b + 8);
+      const float* a = TransA ? A + int64_t(p) * lda : A + p;
+      const float a0 = a[0], a1 = a[s], a2 = a[2 * s], a3 = a[3 * s];
+      c00 += b0 * a0; c01 += b1 * a0;
+      c10 += b0 * a1; c11 += b1 * a1;
+      c20 += b0 * a2; c21 += b1 * a2;
+      c30 += b0 * a3; c31 += b1 * a3;
+    }
   }
-  float* c = C;
-  st(c, ld(c) + c00); st(c + 8, ld(c + 8) + c01); c += ldc;
-  st(c, ld(c) + c10); st(c + 8, ld(c + 8) + c11); c += ldc;
-  st(c, ld(c) + c20); st(c + 8, ld(c + 8) + c21); c += ldc;
-  st(c, ld(c) + c30); st(c + 8, ld(c + 8) + c31);
+  if (Acc) {
+    c00 += ld(C), c01 += ld(C + 8), c10 += ld(C + ldc), c11 += ld(C + ldc + 8);
+    c20 += ld(C + 2 * ldc), c21 += ld(C + 2 * ldc + 8);
+    c30 += ld(C + 3 * ldc), c31 += ld(C + 3 * ldc + 8);
+  }
+  st(C, c00), st(C + 8, c01), st(C + ldc, c10), st(C + ldc + 8, c11);
+  st(C + 2 * ldc, c20), st(C + 2 * ldc + 8, c21);
+  st(C + 3 * ldc, c30), st(C + 3 * ldc + 8, c31);
+}
+
+constexpr uint32_t kAll = ~0u;
+
+// Bits of a row's mask for columns 16j..16j+15.
+inline uint32_t chunk16(const uint64_t* row, int j) {
+  return uint32_t(row[j >> 2] >> ((j & 3) * 16)) & 0xffffu;
 }
 
 }  // namespace
+
+void occupancy(const uint64_t* rowmask, int words, int rows, int cols, Occupancy& occ) {
+  for (int i = 0; i < rows / 4; ++i) occ.rows[i] = 0;
+  for (int j = 0; j < cols / 4; ++j) occ.cols[j] = 0;
+  for (int r = 0; r < rows; ++r) {
+    const uint64_t* row = rowmask + int64_t(r) * words;
+    for (int j = 0; j < cols / 16; ++j) {
+      const uint32_t bits = chunk16(row, j);
+      if (!bits) continue;
+      occ.rows[r / 4] |= 1u << j;
+      for (int g = 0; g < 4; ++g)
+        if (bits >> (4 * g) & 0xfu) occ.cols[4 * j + g] |= 1u << (r / 16);
+    }
+  }
+}
 
 VILG_CPU_CLONES void gemm_nn(int m, int n, int k, const float* A, int lda, const float* B,
                              int ldb, float* C, int ldc) {
   for (int i = 0; i < m; i += 4)
     for (int j = 0; j < n; j += 16)
-      micro<false>(k, A + int64_t(i) * lda, lda, B + j, ldb, C + int64_t(i) * ldc + j, ldc);
+      micro<false, true>(k, kAll, A + int64_t(i) * lda, lda, B + j, ldb,
+                         C + int64_t(i) * ldc + j, ldc);
 }
 
 VILG_CPU_CLONES void gemm_tn(int m, int n, int k, const float* A, int lda, const float* B,
                              int ldb, float* C, int ldc) {
   for (int i = 0; i < m; i += 4)
     for (int j = 0; j < n; j += 16)
-      micro<true>(k, A + i, lda, B + j, ldb, C + int64_t(i) * ldc + j, ldc);
+      micro<true, true>(k, kAll, A + i, lda, B + j, ldb, C + int64_t(i) * ldc + j, ldc);
+}
+
+VILG_CPU_CLONES void gemm_nn_blocks(int m, int n, int k, const float* A, int lda,
+                                    const float* B, int ldb, float* C, int ldc,
+                                    const uint32_t* blocks) {
+  for (int i = 0; i < m; i += 4)
+    for (int j = 0; j < n; j += 16)
+      if (blocks[i / 4] >> (j / 16) & 1u)
+        micro<false, false>(k, kAll, A + int64_t(i) * lda, lda, B + j, ldb,
+                            C + int64_t(i) * ldc + j, ldc);
+}
+
+VILG_CPU_CLONES void gemm_nn_ksparse(int m, int n, int k, const float* A, int lda,
+                                     const float* B, int ldb, float* C, int ldc,
+                                     const uint32_t* blocks) {
+  for (int i = 0; i < m; i += 4) {
+    if (!blocks[i / 4]) continue;
+    for (int j = 0; j < n; j += 16)
+      micro<false, true>(k, blocks[i / 4], A + int64_t(i) * lda, lda, B + j, ldb,
+                         C + int64_t(i) * ldc + j, ldc);
+  }
+}
+
+VILG_CPU_CLONES void gemm_tn_ksparse(int m, int n, int k, const float* A, int lda,
+                                     const float* B, int ldb, float* C, int ldc,
+                                     const uint32_t* blocks) {
+  for (int i = 0; i < m; i += 4) {
+    if (!blocks[i / 4]) continue;
+    for (int j = 0; j < n; j += 16)
+      micro<true, true>(k, blocks[i / 4], A + i, lda, B + j, ldb, C + int64_t(i) * ldc + j, ldc);
+  }
 }
 
 VILG_CPU_CLONES void softmax_step(float* S, int rows, int cols, const uint64_t* rowmask,
-                                  int words, float* m, float* l, float* O, int dp) {
+                                  int words, float* m, float* l, float* O, int dp,
+                                  const uint32_t* blocks) {
   const v8f neg_inf = splat(kNegInf), zero{};
   for (int r = 0; r < rows; ++r) {
     float* s = S + int64_t(r) * cols;
     const uint64_t* row = rowmask ? rowmask + int64_t(r) * words : nullptr;
+    const uint32_t live = blocks ? blocks[r / 4] : kAll;
     v8f mx = splat(m[r]);
     for (int c = 0; c < cols; c += 8) {
+      if (!(live >> (c / 16) & 1u)) continue;
       v8f x = ld(s + c);
       if (row) x = mask8(row, c) ? x : neg_inf, st(s + c, x);
       mx = x > mx ? x : mx;
@@ -117,6 +182,10 @@ VILG_CPU_CLONES void softmax_step(float* S, int rows, int cols, const uint64_t* 
     const float alpha = m[r] == kNegInf ? 0.f : exp8(splat(m[r] - mnew))[0];
     v8f sum{};
     for (int c = 0; c < cols; c += 8) {
+      if (!(live >> (c / 16) & 1u)) {
+        st(s + c, zero);
+        continue;
+      }
       const v8f x = ld(s + c);
       const v8f p = x == neg_inf ? zero : exp8(x - mnew);
       st(s + c, p);
@@ -132,7 +201,7 @@ VILG_CPU_CLONES void softmax_step(float* S, int rows, int cols, const uint64_t* 
 }
 
 VILG_CPU_CLONES void probs_from_lse(float* S, int rows, int cols, const uint64_t* rowmask,
-                                    int words, const float* lse) {
+                                    int words, const float* lse, const uint32_t* blocks) {
   const v8f zero{};
   for (int r = 0; r < rows; ++r) {
     float* s = S + int64_t(r) * cols;
@@ -142,7 +211,12 @@ VILG_CPU_CLONES void probs_from_lse(float* S, int rows, int cols, const uint64_t
       continue;
     }
     const uint64_t* row = rowmask ? rowmask + int64_t(r) * words : nullptr;
+    const uint32_t live = blocks ? blocks[r / 4] : kAll;
     for (int c = 0; c < cols; c += 8) {
+      if (!(live >> (c / 16) & 1u)) {
+        st(s + c, zero);
+        continue;
+      }
       v8f p = exp8(ld(s + c) - z);
       if (row) p = mask8(row, c) ? p : zero;
       st(s + c, p);
@@ -150,11 +224,15 @@ VILG_CPU_CLONES void probs_from_lse(float* S, int rows, int cols, const uint64_t
   }
 }
 
-VILG_CPU_CLONES void dscores(float* dP, const float* P, int rows, int cols, const float* delta) {
+VILG_CPU_CLONES void dscores(float* dP, const float* P, int rows, int cols, const float* delta,
+                             const uint32_t* blocks) {
+  const v8f zero{};
   for (int r = 0; r < rows; ++r) {
     float* d = dP + int64_t(r) * cols;
     const float* p = P + int64_t(r) * cols;
-    for (int c = 0; c < cols; c += 8) st(d + c, ld(p + c) * (ld(d + c) - delta[r]));
+    const uint32_t live = blocks ? blocks[r / 4] : kAll;
+    for (int c = 0; c < cols; c += 8)
+      st(d + c, live >> (c / 16) & 1u ? ld(p + c) * (ld(d + c) - delta[r]) : zero);
   }
 }
 

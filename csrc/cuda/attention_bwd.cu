@@ -15,6 +15,7 @@
 #ifndef VILG_CUDA_EMULATE
 #include "attention_launch.h"
 #include "common.cuh"
+#include "nvtx.h"
 #include "kernels.h"
 #endif
 
@@ -446,6 +447,7 @@ void launch_attention_delta(const AttnParams& p, DType dtype, cudaStream_t strea
 }
 
 void attention_bwd(const AttnParams& p, DType dtype, int device, uintptr_t stream) {
+  NvtxRange range("vilg::attention_bwd");
   check_attention_params(p);
   if (p.batch == 0 || p.heads == 0 || p.ls.seq_len == 0) return;
   DeviceGuard guard(device);

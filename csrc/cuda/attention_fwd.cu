@@ -12,6 +12,7 @@
 #ifndef VILG_CUDA_EMULATE
 #include "attention_launch.h"
 #include "common.cuh"
+#include "nvtx.h"
 #include "kernels.h"
 #endif
 
@@ -216,6 +217,7 @@ void launch_fwd_dim(const AttnParams& p, cudaStream_t stream) {
 #ifndef VILG_CUDA_EMULATE
 
 void attention_fwd(const AttnParams& p, DType dtype, int device, uintptr_t stream) {
+  NvtxRange range("vilg::attention_fwd");
   check_attention_params(p);
   if (p.batch == 0 || p.heads == 0 || p.ls.seq_len == 0) return;
   DeviceGuard guard(device);

@@ -17,6 +17,7 @@
 
 #include "../common/tensor_ref.h"
 #include "common.cuh"
+#include "nvtx.h"
 #include "decode.h"
 
 namespace vilg::cuda {
@@ -282,6 +283,7 @@ int64_t decode_workspace_floats(int batch, int heads, int head_dim, int splits) 
 }
 
 void decode_attention(const DecodeParams& p, DType dtype, int device, uintptr_t stream) {
+  NvtxRange range("vilg::decode_attention");
   if (p.batch == 0 || p.heads == 0) return;
   check(int64_t(p.batch) * p.heads <= 0x7fffffff, "decode_attention: batch * heads too large");
   check(p.splits == 1 || p.ws != nullptr, "decode_attention: split-K needs a workspace");

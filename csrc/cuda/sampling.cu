@@ -18,6 +18,7 @@
 #include "../common/philox.h"
 #include "../common/tensor_ref.h"
 #include "common.cuh"
+#include "nvtx.h"
 #include "sampling.h"
 
 namespace vilg::cuda {
@@ -256,6 +257,7 @@ void launch(const SampleParams& p, int device, cudaStream_t st) {
 }  // namespace
 
 void sample(const SampleParams& p, DType dtype, int device, uintptr_t stream) {
+  NvtxRange range("vilg::sample");
   if (p.batch == 0) return;
   DeviceGuard guard(device);
   const cudaStream_t st = as_stream(stream);

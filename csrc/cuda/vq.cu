@@ -27,6 +27,7 @@
 #include "../common/philox.h"  // float_key: order-preserving float bits
 #include "../common/tensor_ref.h"
 #include "common.cuh"
+#include "nvtx.h"
 #include "vq.h"
 
 namespace vilg::cuda {
@@ -548,6 +549,7 @@ void dispatch(DType dtype, const char* what, F&& f) {
 int64_t vq_workspace_floats(int k, int d) { return k; }
 
 void vq_quantize(const VqParams& p, DType dtype, bool fast_fp32, int device, uintptr_t stream) {
+  NvtxRange range("vilg::vq_quantize");
   if (p.n == 0) return;
   DeviceGuard guard(device);
   const cudaStream_t st = as_stream(stream);
@@ -578,6 +580,7 @@ void vq_quantize(const VqParams& p, DType dtype, bool fast_fp32, int device, uin
 }
 
 void vq_embed(const VqEmbedParams& p, DType dtype, int device, uintptr_t stream) {
+  NvtxRange range("vilg::vq_embed");
   if (p.n == 0) return;
   DeviceGuard guard(device);
   const cudaStream_t st = as_stream(stream);
@@ -599,6 +602,7 @@ void vq_embed(const VqEmbedParams& p, DType dtype, int device, uintptr_t stream)
 }
 
 void vq_code_stats(const VqStatsParams& p, DType dtype, int device, uintptr_t stream) {
+  NvtxRange range("vilg::vq_code_stats");
   DeviceGuard guard(device);
   const cudaStream_t st = as_stream(stream);
   check_cuda(cudaMemsetAsync(p.counts, 0, sizeof(float) * size_t(p.k), st), "cudaMemsetAsync");

@@ -1,0 +1,5 @@
+import sys
+
+from vilg.profile import main
+
+sys.exit(main())
