@@ -146,6 +146,12 @@ void check_indices(const void* idx, bool idx64, int64_t n, int k) {
   }
 }
 
+// acc += row, in float64 (the AVX2 clone adds 4 doubles at a time).
+template <typename T>
+VILG_CPU_CLONES void add_row(double* acc, const T* in, int D) {
+  for (int d = 0; d < D; ++d) acc[d] += double(to_float(in[d]));
+}
+
 template <typename T>
 void stats_impl(const VqStatsParams& p) {
   const int K = p.k, D = p.d;
@@ -164,10 +170,8 @@ void stats_impl(const VqStatsParams& p) {
     for (int c = 0; c < K; ++c) {
       const int32_t lo = c == 0 ? 0 : off[c - 1], hi = off[c];
       std::fill(acc.begin(), acc.end(), 0.0);
-      for (int32_t e = lo; e < hi; ++e) {
-        const T* in = (const T*)p.x + int64_t(order[e]) * p.x_stride;
-        for (int d = 0; d < D; ++d) acc[d] += double(to_float(in[d]));
-      }
+      for (int32_t e = lo; e < hi; ++e)
+        add_row(acc.data(), (const T*)p.x + int64_t(order[e]) * p.x_stride, D);
       p.counts[c] = float(hi - lo);
       float* out = p.sums + int64_t(c) * D;
       for (int d = 0; d < D; ++d) out[d] = float(acc[d]);
