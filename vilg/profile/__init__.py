@@ -61,9 +61,7 @@ def parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=20)
-    p.add_argument(
-        "--probe-seconds", type=float, default=0.3, help="time for each roofline probe"
-    )
+    p.add_argument("--probe-seconds", type=float, default=0.3, help="time for each roofline probe")
     p.add_argument("--json", help="write the profile here as JSON")
     p.add_argument("--trace", help="write a Chrome / Perfetto trace here")
     p.add_argument(
