@@ -2,6 +2,8 @@
 
 Anchors: PyTorch SDPA with the boolean mask (what a user would otherwise write), and
 FlexAttention with the equivalent BlockMask (--flex; compiled, so slow to start on a CPU).
+--ceiling adds SDPA with no mask at all (the flash kernel on a GPU): not a competitor but the
+dense rate to compare vilg's TFLOP/s on its visited tiles with (`pct_of_ceiling_tflops`).
 Reports median time, speedup and TFLOP/s counted over the tiles vilg visits. On a shared CPU,
 pin the thread count (OMP_NUM_THREADS=1); see bench/common.py.
 
@@ -55,6 +57,8 @@ def run(args) -> list[dict]:
             }
             if args.flex:
                 impls["flex"] = flex_fn(lay, B, H, device)
+            if args.ceiling:
+                impls["nomask"] = lambda q, k, v: F.scaled_dot_product_attention(q, k, v)
             # FLOPs of the visited tiles: QK^T and PV, 2 flops per multiply-add
             tile_flops = 4.0 * B * H * lay.num_tiles * lay.block_size**2 * D
             for mode in args.modes:
@@ -77,11 +81,15 @@ def run(args) -> list[dict]:
                         ins = [[t.clone().requires_grad_() for t in s] for s in sets]
                     ms = bench(step, ins, device, args.warmup, args.repeat)
                     row[f"{name}_ms"] = ms
+                    per = 1 if mode == "fwd" else 3.5
                     if name == "vilg":
-                        flops = tile_flops * (1 if mode == "fwd" else 3.5)
-                        row["vilg_tflops"] = flops / ms / 1e9
+                        row["vilg_tflops"] = tile_flops * per / ms / 1e9
+                    if name == "nomask":  # every one of the L x L entries
+                        row["nomask_tflops"] = 4.0 * B * H * L * L * D * per / ms / 1e9
+                if "nomask_tflops" in row:
+                    row["pct_of_ceiling_tflops"] = 100 * row["vilg_tflops"] / row["nomask_tflops"]
                 for name in impls:
-                    if name != "vilg":
+                    if name not in ("vilg", "nomask"):
                         row[f"vs_{name}"] = row[f"{name}_ms"] / row["vilg_ms"]
                 rows.append(row)
                 print(row, flush=True)
@@ -101,10 +109,12 @@ def main(argv=None):
     p.add_argument("--direction", default="text2image")
     p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"])
     p.add_argument("--flex", action="store_true", help="also time FlexAttention (compiles)")
+    p.add_argument("--ceiling", action="store_true", help="also time SDPA with no mask")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--rotate", type=int, default=2, help="input sets to rotate through")
     p.add_argument("--no-save", action="store_true")
+    p.add_argument("-o", "--out", default=None, help="JSON path (default under bench/results)")
     args = p.parse_args(argv)
     thread_note(torch.device(args.device))
     rows = run(args)
@@ -119,10 +129,11 @@ def main(argv=None):
         "vs_sdpa",
         "vilg_tflops",
     ] + (["flex_ms", "vs_flex"] if args.flex else [])
+    cols += ["nomask_ms", "pct_of_ceiling_tflops"] if args.ceiling else []
     print()
     print_table(rows, cols)
     if not args.no_save:
-        path = write_results("attention", torch.device(args.device), vars(args), rows)
+        path = write_results("attention", torch.device(args.device), vars(args), rows, args.out)
         print(f"\nwrote {path}")
 
 

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The one prepared script for a lent GPU (about 9 minutes of an H200): build vilg there with that
+# machine's own python3 and torch, then the CUDA tests, compute-sanitizer, every benchmark and
+# `vilg profile`, everything logged and written under $OUT.
+#
+#   bash bench/gpu_session.sh             # on the GPU machine ($OUT set by the device tool)
+#   bash bench/gpu_session.sh --dry-run   # here, first: the same steps on the CPU, tiny sizes
+#
+# Every step runs under its own time limit and the script goes on past a failed step (a
+# failure is logged with its exit code), except the build: nothing else means anything
+# without it. What comes back is $OUT/log, $OUT/summary.txt and $OUT/results.tgz (the JSON of
+# every benchmark and profile, and the sanitizer reports): the device tool returns at most 8
+# files. Unpack results.tgz into bench/results/ here and commit it with the numbers.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+
+DRY=0
+[[ ${1:-} == --dry-run ]] && DRY=1
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+WORK=$(mktemp -d)  # results gathered here, packed into one file at the end
+LOG=$OUT/log
+: >"$LOG"
+: >"$OUT/summary.txt"
+export PYTHONUNBUFFERED=1
+
+note() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
+# step NAME SECONDS CMD...: run with a time limit, log everything, record the exit code
+step() {
+  local name=$1 limit=$2
+  shift 2
+  note "$name: $*"
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  local rc=$?
+  printf '%-28s rc=%-3s %4ss\n' "$name" "$rc" "$((SECONDS - t0))" | tee -a "$OUT/summary.txt"
+  return $rc
+}
+
+if ((DRY)); then
+  DEV=cpu DT=float32 PY=${PYTHON:-python}
+  BUILD=(true)  # the dry run uses the build already installed here
+  GRIDS=(--grids 8) BATCH=(--batch 1 --heads 2) VQ=(--sizes 2048x256x64)
+else
+  DEV=cuda DT=bfloat16 PY=${PYTHON:-python3}
+  BUILD=(env VILG_CUDA=ON VILG_CUDA_ARCHS=90 CMAKE_BUILD_PARALLEL_LEVEL=16
+    "$PY" -m pip install -e . --no-build-isolation --no-deps -q)
+  GRIDS=(--grids 16 32 48) BATCH=(--batch 8 --heads 16) VQ=()
+fi
+note "gpu_session: dry_run=$DRY device=$DEV dtype=$DT python=$("$PY" -c 'import sys; print(sys.version.split()[0])')"
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available() and torch.cuda.get_device_name(0))' 2>&1 | tee -a "$LOG"
+command -v nvidia-smi >/dev/null && nvidia-smi 2>&1 | head -15 | tee -a "$LOG"
+
+# 1. build (the one step that must pass) and what was built
+step build 360 "${BUILD[@]}" || { note "build failed: stopping"; exit 1; }
+step info 60 "$PY" -m vilg info
+
+# 2. correctness on the device: every CUDA test (skipped cleanly on the CPU)
+step pytest-cuda 150 "$PY" -m pytest -m cuda -x -q -p no:cacheprovider tests
+
+# 3. compute-sanitizer on a small workload (not on a CPU: nothing to check there)
+if ((DRY)); then
+  step sanitize-case 60 "$PY" tests/cuda_sanitize_case.py
+else
+  for tool in memcheck racecheck; do
+    step "sanitizer-$tool" 90 compute-sanitizer --tool "$tool" --log-file "$WORK/sanitizer-$tool.txt" \
+      "$PY" tests/cuda_sanitize_case.py
+  done
+fi
+
+# 4. benchmarks (bf16 on the GPU): every pattern vs SDPA (masked), FlexAttention (compiled)
+# and, as the ceiling, SDPA-flash with no mask; VQ; decode; then every kernel on the roofline
+FLEX=(--flex)
+((DRY)) && FLEX=()
+step bench-attention 150 "$PY" bench/attention.py --device "$DEV" --dtype "$DT" "${BATCH[@]}" \
+  "${GRIDS[@]}" "${FLEX[@]}" --ceiling -o "$WORK/attention.json"
+step bench-vq 60 "$PY" bench/vq.py --device "$DEV" "${VQ[@]}" --out "$WORK/vq.json"
+step bench-decode 60 "$PY" bench/decode.py --device "$DEV" --out "$WORK/decode.json"
+step profile-all 120 "$PY" bench/profile_all.py --device "$DEV" --dtype "$DT" "${BATCH[@]}" \
+  --iters 10 -o "$WORK/profile.json"
+step roofline 30 "$PY" bench/plot.py --roofline "$WORK/profile.json" -o "$WORK/roofline.png"
+
+tar -czf "$OUT/results.tgz" -C "$WORK" . && note "packed $(tar -tzf "$OUT/results.tgz" | wc -l) files"
+rm -rf "$WORK"
+note "done in ${SECONDS}s"
+cat "$OUT/summary.txt"
