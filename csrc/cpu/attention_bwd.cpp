@@ -68,15 +68,8 @@ void pair_grads(Scratch& s, const QuerySide& qs, const KeySide& ks, int bs, int 
                 int Dp, float scale, const uint64_t* rm, int words, const Occupancy* occ) {
   const size_t n = size_t(mq) * mk;
   const uint32_t* blocks = occ ? occ->rows : nullptr;
-  if (!occ) {
-    std::fill(s.S.begin(), s.S.begin() + n, 0.f);
-    std::fill(s.dP.begin(), s.dP.begin() + n, 0.f);
-    gemm_nn(mq, mk, Dp, qs.Q, Dp, ks.Kt, bs, s.S.data(), mk);
-    gemm_nn(mq, mk, Dp, qs.dO, Dp, ks.Vt, bs, s.dP.data(), mk);
-  } else {
-    gemm_nn_blocks(mq, mk, Dp, qs.Q, Dp, ks.Kt, bs, s.S.data(), mk, blocks);
-    gemm_nn_blocks(mq, mk, Dp, qs.dO, Dp, ks.Vt, bs, s.dP.data(), mk, blocks);
-  }
+  gemm_nn_blocks(mq, mk, Dp, qs.Q, Dp, ks.Kt, bs, s.S.data(), mk, blocks);
+  gemm_nn_blocks(mq, mk, Dp, qs.dO, Dp, ks.Vt, bs, s.dP.data(), mk, blocks);
   for (size_t i = 0; i < n; ++i) s.S[i] *= scale;
   probs_from_lse(s.S.data(), mq, mk, rm, words, qs.lse, blocks);
   dscores(s.dP.data(), s.S.data(), mq, mk, qs.delta, blocks);

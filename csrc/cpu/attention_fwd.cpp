@@ -50,19 +50,18 @@ void fwd_impl(const AttnParams& p) {
           load_tile(Kt, bs, kbase, p.k_s[2], ls, kb * bs, bs, D, Dp, true);
           load_tile(V, Dp, vbase, p.v_s[2], ls, kb * bs, bs, D, Dp, false);
         }
+        const uint32_t* blocks = nullptr;  // a full tile computes every block
         if (rm) {
           occupancy(rm, ls.mask_words, mq, mk, occ);
-          gemm_nn_blocks(mq, mk, Dp, Q.data(), Dp, Kt, bs, S.data(), mk, occ.rows);
-          softmax_step(S.data(), mq, mk, rm, ls.mask_words, m.data(), l.data(), O.data(), Dp,
-                       occ.rows);
-          gemm_nn_ksparse(mq, Dp, mk, S.data(), mk, V, Dp, O.data(), Dp, occ.rows);
-        } else {
-          std::fill(S.begin(), S.begin() + size_t(mq) * mk, 0.f);
-          gemm_nn(mq, mk, Dp, Q.data(), Dp, Kt, bs, S.data(), mk);
-          softmax_step(S.data(), mq, mk, nullptr, ls.mask_words, m.data(), l.data(), O.data(),
-                       Dp);
-          gemm_nn(mq, Dp, mk, S.data(), mk, V, Dp, O.data(), Dp);
+          blocks = occ.rows;
         }
+        gemm_nn_blocks(mq, mk, Dp, Q.data(), Dp, Kt, bs, S.data(), mk, blocks);
+        softmax_step(S.data(), mq, mk, rm, ls.mask_words, m.data(), l.data(), O.data(), Dp,
+                     blocks);
+        if (blocks)
+          gemm_nn_ksparse(mq, Dp, mk, S.data(), mk, V, Dp, O.data(), Dp, blocks);
+        else
+          gemm_nn(mq, Dp, mk, S.data(), mk, V, Dp, O.data(), Dp);
       }
       float* lse = p.lse + (int64_t(b) * p.heads + h) * L;
       for (int r = 0; r < bs && qb * bs + r < L; ++r) {

@@ -48,10 +48,12 @@ inline v8i mask8(const uint64_t* row, int c) {
   return ((v8i{} + byte) >> kLanes & 1) != 0;
 }
 
-inline float hmax(v8f v) {
-  float m = v[0];
-  for (int i = 1; i < 8; ++i) m = v[i] > m ? v[i] : m;
-  return m;
+inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
+inline float hmax(v8f v) {  // a max is exact in any order: a shuffle tree
+  v = vmax(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3));
+  v = vmax(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5));
+  v = vmax(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
+  return v[0];
 }
 inline float hsum(v8f v) {
   float s = 0.f;
@@ -133,7 +135,7 @@ VILG_CPU_CLONES void gemm_nn_blocks(int m, int n, int k, const float* A, int lda
                                     const uint32_t* blocks) {
   for (int i = 0; i < m; i += 4)
     for (int j = 0; j < n; j += 16)
-      if (blocks[i / 4] >> (j / 16) & 1u)
+      if (!blocks || blocks[i / 4] >> (j / 16) & 1u)
         micro<false, false>(k, kAll, A + int64_t(i) * lda, lda, B + j, ldb,
                             C + int64_t(i) * ldc + j, ldc);
 }
@@ -172,7 +174,7 @@ VILG_CPU_CLONES void softmax_step(float* S, int rows, int cols, const uint64_t* 
       if (!(live >> (c / 16) & 1u)) continue;
       v8f x = ld(s + c);
       if (row) x = mask8(row, c) ? x : neg_inf, st(s + c, x);
-      mx = x > mx ? x : mx;
+      mx = vmax(x, mx);
     }
     const float mnew = hmax(mx);
     if (mnew == kNegInf) {  // nothing allowed yet in this row
@@ -187,7 +189,8 @@ VILG_CPU_CLONES void softmax_step(float* S, int rows, int cols, const uint64_t* 
         continue;
       }
       const v8f x = ld(s + c);
-      const v8f p = x == neg_inf ? zero : exp8(x - mnew);
+      // only masking writes -inf (finite scores otherwise): no select on an unmasked row
+      const v8f p = row ? (x == neg_inf ? zero : exp8(x - mnew)) : exp8(x - mnew);
       st(s + c, p);
       sum += p;
     }

@@ -21,8 +21,8 @@ struct Occupancy {
 };
 void occupancy(const uint64_t* rowmask, int words, int rows, int cols, Occupancy& occ);
 
-// C[m x n] = A[m x k] * B[k x n] on the 4x16 blocks of C set in `blocks` (rows[] form); the
-// other blocks of C are left as they were.
+// C[m x n] = A[m x k] * B[k x n] on the 4x16 blocks of C set in `blocks` (rows[] form; null:
+// all of them); the other blocks of C are left as they were.
 void gemm_nn_blocks(int m, int n, int k, const float* A, int lda, const float* B, int ldb,
                     float* C, int ldc, const uint32_t* blocks);
 // C[m x n] += A[m x k] * B[k x n], skipping the 4x16 blocks of A that are clear in `blocks`.
