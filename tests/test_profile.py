@@ -42,6 +42,21 @@ def test_useful_entries_match_the_dense_mask(kind, direction, text, grid, lens):
             visited += tile.numel() if tile.any() else 0
     if lay._perm is None:  # the dense-mask tiling is the kernel's only without a permutation
         assert ent["visited"] == visited
+        blocks = 0  # 4x16 blocks of a visited tile holding an allowed entry (before padding)
+        for qb in range(lay.num_blocks):
+            for kb in range(lay.num_blocks):
+                tile = mask[qb * bs : (qb + 1) * bs, kb * bs : (kb + 1) * bs]
+                if not tile.any():
+                    continue
+                if tile.all() and tile.shape == (bs, bs):
+                    blocks += bs * bs
+                    continue
+                r16, c16 = (-(-n // 16) * 16 for n in tile.shape)
+                padded = torch.zeros(r16, c16, dtype=torch.bool)
+                padded[: tile.shape[0], : tile.shape[1]] = tile
+                occ = padded.reshape(r16 // 4, 4, c16 // 16, 16).any(3).any(1)
+                blocks += int(occ.sum()) * 64
+        assert ent["cpu_blocks"] == blocks
     assert expect <= ent["visited"] * len(lens or [0]) <= len(lens or [0]) * L * L
 
 
@@ -124,3 +139,23 @@ def test_trace_has_a_named_range_per_call(tmp_path):
 def test_bad_arguments_say_what_is_wrong(argv, msg, capsys):
     assert main(argv + ARGS) == 2
     assert msg in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
+def test_gpu_profile_has_device_times_and_datasheet(tmp_path, mode):
+    out, trace = tmp_path / "p.json", tmp_path / "t.json"
+    argv = ["attention", "--device", "cuda", "--dtype", "bfloat16", "--mode", mode, "--batch", "2"]
+    assert main(argv + ["--json", str(out), "--trace", str(trace)] + ARGS) == 0
+    doc = json.loads(out.read_text())
+    gpu_kernels = [k for k in doc["kernels"] if not k["name"].startswith("vilg::")]
+    assert gpu_kernels and all(k["device_ms_per_call"] > 0 for k in gpu_kernels)
+    assert doc["limit"]["gemm"].endswith("bfloat16") and doc["limit"]["gemm_gflops"] > 1e3
+    if any(name in doc["device_name"] for name in ("H100", "H200", "A100")):
+        assert doc["limit"]["datasheet"]["bf16_tflops"] > 0
+    assert 0 < doc["pct_of_gemm"] < 100
+
+
+@pytest.mark.cuda
+def test_ncu_runs_one_launch():
+    assert main(["attention", "--device", "cuda", "--dtype", "bfloat16", "--ncu"] + ARGS) == 0
