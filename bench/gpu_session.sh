@@ -41,11 +41,13 @@ if ((DRY)); then
   DEV=cpu DT=float32 PY=${PYTHON:-python}
   BUILD=(true)  # the dry run uses the build already installed here
   GRIDS=(--grids 8) BATCH=(--batch 1 --heads 2) VQ=(--sizes 2048x256x64)
+  QUICK=(--repeat 2 --warmup 1) REPS=(--reps 2) PROF=(--iters 3 --probe-seconds 0.05)
 else
   DEV=cuda DT=bfloat16 PY=${PYTHON:-python3}
   BUILD=(env VILG_CUDA=ON VILG_CUDA_ARCHS=90 CMAKE_BUILD_PARALLEL_LEVEL=16
     "$PY" -m pip install -e . --no-build-isolation --no-deps -q)
   GRIDS=(--grids 16 32 48) BATCH=(--batch 8 --heads 16) VQ=()
+  QUICK=() REPS=() PROF=(--iters 10)
 fi
 note "gpu_session: dry_run=$DRY device=$DEV dtype=$DT python=$("$PY" -c 'import sys; print(sys.version.split()[0])')"
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available() and torch.cuda.get_device_name(0))' 2>&1 | tee -a "$LOG"
@@ -73,11 +75,11 @@ fi
 FLEX=(--flex)
 ((DRY)) && FLEX=()
 step bench-attention 150 "$PY" bench/attention.py --device "$DEV" --dtype "$DT" "${BATCH[@]}" \
-  "${GRIDS[@]}" "${FLEX[@]}" --ceiling -o "$WORK/attention.json"
-step bench-vq 60 "$PY" bench/vq.py --device "$DEV" "${VQ[@]}" --out "$WORK/vq.json"
-step bench-decode 60 "$PY" bench/decode.py --device "$DEV" --out "$WORK/decode.json"
+  "${GRIDS[@]}" "${FLEX[@]}" "${QUICK[@]}" --ceiling -o "$WORK/attention.json"
+step bench-vq 60 "$PY" bench/vq.py --device "$DEV" "${VQ[@]}" "${REPS[@]}" --out "$WORK/vq.json"
+step bench-decode 60 "$PY" bench/decode.py --device "$DEV" "${REPS[@]}" --out "$WORK/decode.json"
 step profile-all 120 "$PY" bench/profile_all.py --device "$DEV" --dtype "$DT" "${BATCH[@]}" \
-  --iters 10 -o "$WORK/profile.json"
+  "${PROF[@]}" -o "$WORK/profile.json"
 step roofline 30 "$PY" bench/plot.py --roofline "$WORK/profile.json" -o "$WORK/roofline.png"
 
 tar -czf "$OUT/results.tgz" -C "$WORK" . && note "packed $(tar -tzf "$OUT/results.tgz" | wc -l) files"

@@ -25,6 +25,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def plan(a) -> list[list[str]]:
     common = ["--device", a.device, "--dtype", a.dtype, "--iters", str(a.iters)]
+    common += ["--probe-seconds", str(a.probe_seconds)]
     shape = ["--batch", str(a.batch), "--heads", str(a.heads), "--text", "64", "--grid", "32", "32"]
     runs = [
         ["attention", "--kind", kind, "--mode", mode, *shape]
@@ -45,6 +46,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--probe-seconds", type=float, default=0.3)
     p.add_argument("--label", default="", help="what this run measures (e.g. a kernel version)")
     p.add_argument("-o", "--out", type=Path, default=None)
     a = p.parse_args(argv)
