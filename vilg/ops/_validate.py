@@ -287,7 +287,9 @@ def sampling(logits, uncond, cfg_scale, temperature, top_k, top_p) -> tuple:
     if not math.isfinite(cfg_scale):
         raise ValueError(f"cfg_scale must be finite, got {cfg_scale}")
     if math.isnan(temperature) or temperature == math.inf:
-        raise ValueError(f"temperature must be a finite number (<= 0: argmax), got {temperature}")
+        raise ValueError(f"temperature must be a finite number (0: argmax), got {temperature}")
+    if temperature < 0:  # a sign slip, not a request for argmax: say so instead of guessing
+        raise ValueError(f"temperature must be >= 0 (0: argmax), got {temperature}")
     if 0 < temperature < 1e-30:  # 1 / temperature must stay a finite float32
         raise ValueError(f"temperature {temperature} is too small; use 0 for argmax")
     top_k = _int_scalar(top_k, "top_k")
@@ -295,4 +297,24 @@ def sampling(logits, uncond, cfg_scale, temperature, top_k, top_p) -> tuple:
         raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not torch.compiler.is_compiling():  # data-dependent: eager only
+        nan_rows(logits, uncond, cfg_scale)
     return cfg_scale, temperature, top_k, top_p
+
+
+def nan_rows(logits: torch.Tensor, uncond: torch.Tensor | None, cfg_scale: float) -> None:
+    """A row whose (guidance-mixed) logits are all NaN has no distribution to draw from: the
+    kernel would return an arbitrary token, so refuse it and name the rows."""
+    mixed = logits.float()
+    if uncond is not None:
+        u = uncond.float()
+        mixed = u + cfg_scale * (mixed - u)
+    bad = torch.isnan(mixed).all(dim=1)
+    if bad.any():
+        rows = torch.nonzero(bad).flatten().tolist()
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        raise ValueError(
+            f"logits rows [{shown}] are all NaN ({len(rows)} of {logits.shape[0]}"
+            + (", after classifier-free guidance" if uncond is not None else "")
+            + "): there is no distribution to sample from"
+        )
