@@ -14,8 +14,8 @@ The algorithm (identical on CPU and CUDA, see csrc/cpu/sampling.h), for each row
 
 Equal (seed, offset) give equal tokens; advance `offset` every step. NaN logits count as -inf;
 a row that is all -inf is drawn uniformly, a row that is all NaN (after guidance) raises
-ValueError naming it, and so does temperature < 0. Tokens whose weight rounds to 0 (probability below
-~2^-40 of the most likely one) are never drawn.
+ValueError naming it, and so does temperature < 0. Tokens whose weight rounds to 0
+(probability below ~2^-40 of the most likely one) are never drawn.
 """
 
 from __future__ import annotations
