@@ -130,6 +130,7 @@ class Layout:
                 raise ValueError(f"text_segment {text_segment} outside the sequence")
         self.text_segment = text_segment or (0, 0)
         self._build()
+        self._cpu_arrays = tuple(self._arrays[n] for n in self._KERNEL_NAMES)
         self._device_cache: dict[torch.device, tuple] = {}
         self._keys_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
 
@@ -246,20 +247,36 @@ class Layout:
             self._keys_cache[(pos, dev)] = hit
         return hit
 
+    _KERNEL_NAMES = ("q_ptr", "q_kv", "q_mask", "k_ptr", "k_q", "k_mask", "masks", "perm")
+
     def kernel_arrays(self, device) -> tuple:
-        """The 8 arrays the kernels read, cached per device."""
+        """The 8 arrays the kernels read, built once per device.
+
+        The CPU tuple exists from construction, so a torch.compile'd call reads a fixed
+        attribute (no guard on a cache that the first call fills, hence no recompile); for a
+        GPU call `Layout.to(device)` once before compiling does the same."""
         device = torch.device(device)
+        if device.type == "cpu":
+            return self._cpu_arrays
         hit = self._device_cache.get(device)
         if hit is None:
-            a = self._arrays
-            names = ("q_ptr", "q_kv", "q_mask", "k_ptr", "k_q", "k_mask", "masks", "perm")
-            hit = tuple(None if a[n] is None else a[n].to(device) for n in names)
+            hit = tuple(None if t is None else t.to(device) for t in self._cpu_arrays)
             self._device_cache[device] = hit
         return hit
+
+    def to(self, device) -> Layout:
+        """Copy the kernel arrays to `device` now (they are cached there); returns self."""
+        self.kernel_arrays(device)
+        return self
 
     @property
     def kernel_text_segment(self) -> tuple[int, int]:
         return self._kernel_text
+
+    @property
+    def kernel_perm(self) -> torch.Tensor | None:
+        """The kernel-order permutation of the sequence (None: sequence order)."""
+        return self._perm
 
     def draw(self, path, scale: int | None = None) -> None:
         """Save the dense mask as a PNG (allowed = white), with the tile grid in grey."""
