@@ -107,6 +107,7 @@ class Layout:
         perm: torch.Tensor | None = None,
         text_segment: tuple[int, int] | None = None,
         spec: PatternSpec | None = None,
+        name: str | None = None,
     ):
         if not isinstance(seq_len, int) or seq_len < 1:
             raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
@@ -115,6 +116,7 @@ class Layout:
         self.seq_len = seq_len
         self.block_size = block_size
         self.spec = spec
+        self.name = name  # shown in repr, e.g. "sliding_window(L=4096, window=512)"
         self.mask_mod = _as_mask_mod(mask_mod)
         if perm is not None:
             perm = torch.as_tensor(perm, dtype=torch.int64).flatten()
@@ -205,6 +207,7 @@ class Layout:
             else torch.zeros(1, bs, words, dtype=torch.int64),
             perm=None if self._perm is None else self._perm.to(torch.int32),
         )
+        self.num_allowed = sum(int(t.sum()) for t in tiles) + int(is_full.sum()) * bs * bs
         self.num_full = int(is_full.sum())
         self.num_partial = int((~is_full).sum())
         # text segment in kernel order (the permutation must keep it contiguous)
@@ -227,6 +230,44 @@ class Layout:
     def density(self) -> float:
         """Fraction of all tile pairs visited."""
         return self.num_tiles / self.num_blocks**2
+
+    @property
+    def fill(self) -> float:
+        """Fraction of the visited tiles' entries that are allowed (1.0: no wasted work)."""
+        return self.num_allowed / max(1, self.num_tiles * self.block_size**2)
+
+    # ---- combination ----------------------------------------------------------------------
+    def _combine(self, other, op, sym: str) -> Layout:
+        if not isinstance(other, Layout):
+            return NotImplemented
+        if other.seq_len != self.seq_len:
+            raise ValueError(
+                f"cannot combine layouts of lengths {self.seq_len} and {other.seq_len}"
+            )
+        a, b = self.mask_mod, other.mask_mod
+        same_perm = (self._perm is None and other._perm is None) or (
+            self._perm is not None
+            and other._perm is not None
+            and torch.equal(self._perm, other._perm)
+        )
+        # the text segment (padded by text_lens) survives when the two agree or one has none
+        segs = {self.text_segment, other.text_segment} - {(0, 0)}
+        return Layout(
+            self.seq_len,
+            lambda q, k: op(torch.as_tensor(a(q, k)), torch.as_tensor(b(q, k))),
+            block_size=min(self.block_size, other.block_size),
+            perm=self._perm if same_perm else None,
+            text_segment=segs.pop() if len(segs) == 1 else None,
+            name=f"({self._label()} {sym} {other._label()})",
+        )
+
+    def __or__(self, other) -> Layout:
+        """Union: a query may attend a key allowed by either layout."""
+        return self._combine(other, torch.logical_or, "|")
+
+    def __and__(self, other) -> Layout:
+        """Intersection: a query may attend a key allowed by both layouts."""
+        return self._combine(other, torch.logical_and, "&")
 
     def dense_mask(self, device=None) -> torch.Tensor:
         """[L, L] bool, True where query (row) may attend key (column); sequence order."""
@@ -294,17 +335,20 @@ class Layout:
             pic = pic.resize((self.seq_len * scale,) * 2, Image.NEAREST)
         pic.save(path)
 
+    def _label(self) -> str:
+        if self.spec:
+            return (
+                f"{self.spec.kind}, {self.spec.direction}, text={self.spec.text_len}, "
+                f"grid={self.spec.grid}"
+                + (f", answer={self.spec.answer_len}" if self.spec.direction == "vqa" else "")
+            )
+        return self.name or "custom"
+
     def __repr__(self) -> str:
-        what = (
-            f"{self.spec.kind}, {self.spec.direction}, text={self.spec.text_len}, "
-            f"grid={self.spec.grid}"
-            + (f", answer={self.spec.answer_len}" if self.spec.direction == "vqa" else "")
-            if self.spec
-            else "custom"
-        )
         return (
-            f"Layout({what}, L={self.seq_len}, block={self.block_size}, "
-            f"tiles={self.num_tiles}/{self.num_blocks**2} ({self.num_partial} partial))"
+            f"Layout({self._label()}, L={self.seq_len}, block={self.block_size}, "
+            f"tiles={self.num_tiles}/{self.num_blocks**2} ({self.num_partial} partial), "
+            f"fill={self.fill:.2f})"
         )
 
 
@@ -359,3 +403,15 @@ def ernie_vilg(
         text_segment=(txt0, text_len),
         spec=spec,
     )
+
+
+# The pattern library (causal, sliding_window, neighborhood_2d, axial, document,
+# block_diagonal) lives in vilg.patterns; imported last, since it builds on Layout.
+from vilg.patterns import (  # noqa: E402, F401 (re-exported)
+    axial,
+    block_diagonal,
+    causal,
+    document,
+    neighborhood_2d,
+    sliding_window,
+)
