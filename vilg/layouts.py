@@ -142,6 +142,55 @@ class Layout:
         return cls(seq_len, mask_mod, **kw)
 
     @classmethod
+    def from_block_mask(cls, block_mask, **kw) -> Layout:
+        """The layout of a FlexAttention `BlockMask` (torch.nn.attention.flex_attention):
+        blocks it lists as full are allowed, partial ones apply its mask_mod, absent ones are
+        masked. vilg layouts are shared by every sample and head, so the mask must not depend
+        on b or h (its mask_mod is evaluated at b = h = 0)."""
+        Lq, Lk = (int(n) for n in block_mask.seq_lengths)
+        if Lq != Lk:
+            raise ValueError(f"vilg layouts need equal query and key lengths, got {Lq}, {Lk}")
+        qb, kb = (int(n) for n in block_mask.BLOCK_SIZE)
+        nq, nk = (Lq + qb - 1) // qb, (Lk + kb - 1) // kb
+
+        def blocks(num, idx):  # [..., nq] counts + [..., nq, max] indices -> [nq, nk] bool
+            if num is None:
+                return torch.zeros(nq, nk, dtype=torch.bool)
+            num, idx = num.detach().cpu(), idx.detach().cpu().long()
+            num, idx = num.reshape(-1, num.shape[-1]), idx.reshape(-1, *idx.shape[-2:])
+            dense = torch.zeros(num.shape[0], nq, nk + 1, dtype=torch.bool)
+            used = torch.arange(idx.shape[-1]) < num[..., None]
+            dense.scatter_(2, torch.where(used, idx, nk)[:, :nq], True)
+            dense = dense[:, :, :nk]
+            if not (dense == dense[:1]).all():
+                raise ValueError("the BlockMask differs across batch / heads; vilg layouts cannot")
+            return dense[0]
+
+        partial = blocks(block_mask.kv_num_blocks, block_mask.kv_indices)
+        full = blocks(block_mask.full_kv_num_blocks, block_mask.full_kv_indices)
+        fn = block_mask.mask_mod
+
+        def mask_mod(q, k):
+            q, k = torch.as_tensor(q), torch.as_tensor(k)
+            bq, bk = q // qb, k // kb
+            zero = torch.zeros_like(q)
+            inner = torch.as_tensor(fn(zero, zero, q, k), dtype=torch.bool)
+            return full[bq, bk] | (partial[bq, bk] & inner)
+
+        kw.setdefault("name", f"from_block_mask(L={Lq}, blocks={qb}x{kb})")
+        return cls(Lq, mask_mod, **kw)
+
+    def to_block_mask(self, device="cpu", BLOCK_SIZE: int = 128):
+        """This layout as a FlexAttention `BlockMask` (for flex_attention), in sequence order."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        dense = self.dense_mask(device)
+        L = self.seq_len
+        return create_block_mask(
+            lambda b, h, q, k: dense[q, k], None, None, L, L, device=device, BLOCK_SIZE=BLOCK_SIZE
+        )
+
+    @classmethod
     def from_dense(cls, mask: torch.Tensor, **kw) -> Layout:
         mask = torch.as_tensor(mask)
         if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
