@@ -139,7 +139,6 @@ def _grouped(run, q, k, v, g: int):
     return o, lse
 
 
-@accepts_arrays
 def sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -157,7 +156,7 @@ def sparse_attention(
 
     q: [batch, heads, seq, head_dim]; k, v: [batch, kv_heads, seq, head_dim] with heads a
     multiple of kv_heads (GQA / MQA: q head h reads k/v head h // (heads // kv_heads));
-    float32 / float16 / bfloat16, last dim contiguous.
+    float32 / float16 / bfloat16, last dim contiguous (NumPy / CuPy arrays answer in kind).
     text_lens [batch]: real lengths of the layout's text segment (its padded keys are masked).
     key_lens [batch]: keys at positions >= key_lens[b] are masked (padding for any layout in
     sequence order). At most one of the two. Their values are checked on the eager CPU path
@@ -166,6 +165,23 @@ def sparse_attention(
     [batch, heads, seq] (-inf for a query with no allowed key, whose output is 0).
     Works under torch.compile(fullgraph=True).
     """
+    kw = dict(scale=scale, text_lens=text_lens, key_lens=key_lens, return_lse=return_lse)
+    if torch.compiler.is_compiling():  # the array bridge inspects types dynamo cannot trace
+        return _sparse_attention(q, k, v, layout, **kw)
+    return _sparse_attention_arrays(q, k, v, layout, **kw)
+
+
+def _sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: Layout,
+    *,
+    scale: float | None = None,
+    text_lens: torch.Tensor | None = None,
+    key_lens: torch.Tensor | None = None,
+    return_lse: bool = False,
+):
     g = _validate.attention(q, k, v, layout)
     B = q.shape[0]
     if scale is None:  # int(): the head dim is static even under dynamic shapes
@@ -189,3 +205,6 @@ def sparse_attention(
 
     o, lse = run(q, k, v) if g == 1 else _grouped(run, q, k, v, g)
     return (o, lse) if return_lse else o
+
+
+_sparse_attention_arrays = accepts_arrays(_sparse_attention)
