@@ -167,12 +167,12 @@ def test_repr_reports_tile_fill():
     assert f"fill={lay.fill:.2f}" in repr(lay) and "sliding_window" in repr(lay)
     assert 0.5 < lay.fill <= 1.0
     # neighbourhoods order tokens patch-wise when that visits fewer tiles than raster order
-    for grid, w, strictly in (((16, 64), 7, True), ((16, 128), 13, True), ((32, 32), 9, False)):
+    for grid, w, strictly in (((16, 64), 7, True), ((32, 32), 9, False)):
         nb = neighborhood_2d(grid, w)
         raster = Layout.from_mask_mod(nb.mask_mod, nb.seq_len)
         assert torch.equal(_unpack_seq(nb), raster.dense_mask())
         assert nb.num_tiles < raster.num_tiles if strictly else nb.num_tiles <= raster.num_tiles
-    assert causal(4096).fill > 0.49
+    assert causal(1024).fill > 0.49
 
 
 PATTERNS = [

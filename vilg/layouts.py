@@ -131,7 +131,14 @@ class Layout:
             if start < 0 or length < 0 or start + length > seq_len:
                 raise ValueError(f"text_segment {text_segment} outside the sequence")
         self.text_segment = text_segment or (0, 0)
-        self._build()
+        # The build is many small tensor ops, where a thread team costs more than it saves:
+        # on a busy 2-core machine two threads made it ~25x slower than one.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._build()
+        finally:
+            torch.set_num_threads(threads)
         self._cpu_arrays = tuple(self._arrays[n] for n in self._KERNEL_NAMES)
         self._device_cache: dict[torch.device, tuple] = {}
         self._keys_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
