@@ -141,3 +141,20 @@ def test_compile_default_recompiles_once_then_reuses(gen):
         fn(q, k, v, torch.full((B,), 30)).backward()
         assert torch.isfinite(q.grad).all()
     assert cc.frame_count == 2
+
+
+def test_vilg_model_with_text_lens_compiles_fullgraph(gen):
+    # the failing case: the model's text_lens check broke the graph
+    from vilg.model.transformer import GPTConfig, UnifiedTransformer
+
+    torch.manual_seed(0)
+    model = UnifiedTransformer(GPTConfig(text_len=8, grid=(4, 4), n_layer=2, n_head=2, n_embd=32))
+    ti = torch.randint(0, 200, (2, 8), generator=gen)
+    ii = torch.randint(0, 128, (2, 16), generator=gen)
+    lens = torch.tensor([8, 3])
+    want = model("text2image", ti, ii, lens)  # eager first: builds the layer layouts
+    cc = CompileCounterWithBackend("aot_eager")
+    out = torch.compile(model, backend=cc, fullgraph=True)("text2image", ti, ii, lens)
+    assert rel_err(out, want) < 1e-6 and cc.frame_count == 1
+    g = torch.autograd.grad(out.sum(), model.blocks[0].attn.qkv.weight)[0]
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
