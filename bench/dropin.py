@@ -6,8 +6,10 @@ Models are built from configs (random weights):
          heads, 4 layers, seq 4096, window 512; sdpa gets transformers' own sliding mask.
   vit:   ViT, hidden 384, 6 heads, 4 layers, 64x64 patch grid (+ CLS), 7x7 neighbourhood;
          sdpa gets the same layout as a dense boolean mask (ViT itself has no mask).
-Also times the first vilg call with nothing warm (layout build + kernels). Ratios are
-printed and saved under bench/results/. On a shared CPU, pin OMP_NUM_THREADS (bench/common.py).
+Also times the layout build and the first vilg call with nothing warm, and the attention op
+alone at the same shapes. Implementations are timed in interleaved rounds (medians), since a
+shared machine's load drifts. Ratios are printed and saved under bench/results/. On a
+shared CPU, pin OMP_NUM_THREADS (bench/common.py).
 
     OMP_NUM_THREADS=2 python bench/dropin.py                 # the issue's sizes (minutes)
     python bench/dropin.py --quick --no-flex                 # small smoke run
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench, print_table, thread_note, write_results  # noqa: E402
+from common import print_table, thread_note, write_results  # noqa: E402
 
 import vilg.integrations.transformers as vt  # noqa: E402
 from vilg.layouts import neighborhood_2d, sliding_window  # noqa: E402
@@ -55,6 +58,39 @@ def compiled_flex(block_mask):
         return out.transpose(1, 2), None
 
     return attention
+
+
+def interleaved(name, fns, seq, args) -> list[dict]:
+    """Median ms of each implementation's fwd and fwd+bwd, timed in rounds that run every
+    implementation once, so that a shared machine's load drifting over minutes hits them
+    alike (a failing one, e.g. FlexAttention's CPU backward, is recorded and dropped)."""
+    rows = {k: {"model": name, "attention": k, "seq": seq} for k in fns}
+    for col, which in (("fwd_ms", 0), ("fwd_bwd_ms", 1)):
+        live = dict(fns)
+        times = {k: [] for k in fns}
+        for r in range(args.warmup + args.repeat):
+            for k, pair in list(live.items()):
+                t0 = time.perf_counter()
+                try:
+                    pair[which]()
+                except Exception as e:  # noqa: BLE001
+                    err = f"{type(e).__name__}: {str(e)[:200]}"
+                    rows[k][col.replace("_ms", "_error")] = err
+                    print(f"{name}/{k} {col}: {err}", file=sys.stderr)
+                    del live[k]
+                    continue
+                if r >= args.warmup:
+                    times[k].append((time.perf_counter() - t0) * 1e3)
+        for k, ts in times.items():
+            rows[k][col] = statistics.median(ts) if ts else None
+    out = list(rows.values())
+    for r in out:
+        for col in ("fwd_ms", "fwd_bwd_ms"):
+            if r.get(col) and out[0].get(col):
+                r[col.replace("_ms", "_x_vs_vilg")] = r[col] / out[0][col]
+    cols = ["model", "attention", "fwd_ms", "fwd_bwd_ms", "fwd_x_vs_vilg", "fwd_bwd_x_vs_vilg"]
+    print_table(out, cols)
+    return out
 
 
 def llama_case(args):
@@ -114,6 +150,9 @@ def run_case(name, case, args) -> list[dict]:
     tag = f"vilg_{name}"
 
     # first call: fresh layout cache, fresh model, nothing warm
+    t0 = time.perf_counter()
+    layout_fn(n)
+    build = time.perf_counter() - t0
     fn = vt.register(tag, layout_fn=layout_fn)
     torch.manual_seed(0)
     model = make(tag)
@@ -122,7 +161,10 @@ def run_case(name, case, args) -> list[dict]:
         model(**inputs)
     first = time.perf_counter() - t0
     layout = fn.layouts.get(n)
-    print(f"{name}: {layout}\n{name}: first vilg forward (layout build included) {first:.2f} s")
+    print(
+        f"{name}: {layout}\n{name}: layout build {build:.2f} s; first vilg model forward "
+        f"(layout build included) {first:.2f} s"
+    )
 
     impls = {"vilg": tag}
     if native_sdpa:
@@ -139,12 +181,11 @@ def run_case(name, case, args) -> list[dict]:
         AttentionInterface.register(f"flex_{name}", compiled_flex(layout.to_block_mask()))
         impls["flex"] = f"flex_{name}"
 
-    rows = []
     state = model.state_dict()
+    fns = {}
     for label, impl in impls.items():
         m = make(impl)
         m.load_state_dict(state)
-        row = {"model": name, "attention": label, "seq": n}
 
         def fwd(m=m):
             with torch.no_grad():
@@ -154,23 +195,46 @@ def run_case(name, case, args) -> list[dict]:
             m.zero_grad(set_to_none=True)
             m(**inputs).logits.float().square().mean().backward()
 
-        for col, f in (("fwd_ms", fwd), ("fwd_bwd_ms", fwd_bwd)):
-            try:
-                row[col] = bench(f, [()], torch.device("cpu"), args.warmup, args.repeat)
-            except Exception as e:  # noqa: BLE001 - e.g. FlexAttention's CPU path has no backward
-                row[col] = None
-                row[col.replace("_ms", "_error")] = f"{type(e).__name__}: {str(e)[:200]}"
-                print(f"{name}/{label} {col}: {row[col.replace('_ms', '_error')]}", file=sys.stderr)
-        rows.append(row)
-        print_table([row], ["model", "attention", "fwd_ms", "fwd_bwd_ms"])
-    base = rows[0]
-    for r in rows:
-        for col in ("fwd_ms", "fwd_bwd_ms"):
-            if r.get(col) and base.get(col):
-                r[col.replace("_ms", "_x_vs_vilg")] = r[col] / base[col]
+        fns[label] = (fwd, fwd_bwd)
+    rows = interleaved(name, fns, n, args)
     rows[0]["first_call_s"] = first
+    rows[0]["layout_build_s"] = build
     rows[0]["layout"] = repr(layout)
-    return rows
+    return rows + attention_rows(name, model, layout, args)
+
+
+def attention_rows(name, model, layout, args) -> list[dict]:
+    """The attention op alone at the model's shapes (batch 1), vilg vs SDPA with the dense
+    mask: what the model's end-to-end ratio dilutes with its projections and MLPs."""
+    cfg = model.config
+    H = cfg.num_attention_heads
+    Hkv = getattr(cfg, "num_key_value_heads", None) or H
+    D = cfg.hidden_size // H
+    L = layout.seq_len
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, H, L, D, generator=gen, requires_grad=True)
+    k, v = (torch.randn(1, Hkv, L, D, generator=gen, requires_grad=True) for _ in "kv")
+    mask = layout.dense_mask()
+    from vilg.ops import sparse_attention
+
+    fns = {
+        "vilg": lambda: sparse_attention(q, k, v, layout),
+        "sdpa": lambda: F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, enable_gqa=H != Hkv
+        ),
+    }
+    pairs = {}
+    for label, f in fns.items():
+
+        def fwd(f=f):
+            with torch.no_grad():
+                f()
+
+        def fwd_bwd(f=f):
+            f().sum().backward()
+
+        pairs[label] = (fwd, fwd_bwd)
+    return interleaved(f"{name} attention op", pairs, L, args)
 
 
 def main(argv=None) -> None:
