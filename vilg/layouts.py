@@ -107,6 +107,7 @@ class Layout:
         perm: torch.Tensor | None = None,
         text_segment: tuple[int, int] | None = None,
         spec: PatternSpec | None = None,
+        name: str | None = None,
     ):
         if not isinstance(seq_len, int) or seq_len < 1:
             raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
@@ -115,6 +116,7 @@ class Layout:
         self.seq_len = seq_len
         self.block_size = block_size
         self.spec = spec
+        self.name = name  # shown in repr, e.g. "sliding_window(L=4096, window=512)"
         self.mask_mod = _as_mask_mod(mask_mod)
         if perm is not None:
             perm = torch.as_tensor(perm, dtype=torch.int64).flatten()
@@ -129,7 +131,15 @@ class Layout:
             if start < 0 or length < 0 or start + length > seq_len:
                 raise ValueError(f"text_segment {text_segment} outside the sequence")
         self.text_segment = text_segment or (0, 0)
-        self._build()
+        # The build is many small tensor ops, where a thread team costs more than it saves:
+        # on a busy 2-core machine two threads made it ~25x slower than one.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._build()
+        finally:
+            torch.set_num_threads(threads)
+        self._cpu_arrays = tuple(self._arrays[n] for n in self._KERNEL_NAMES)
         self._device_cache: dict[torch.device, tuple] = {}
         self._keys_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
 
@@ -137,6 +147,55 @@ class Layout:
     @classmethod
     def from_mask_mod(cls, mask_mod: Callable, seq_len: int, **kw) -> Layout:
         return cls(seq_len, mask_mod, **kw)
+
+    @classmethod
+    def from_block_mask(cls, block_mask, **kw) -> Layout:
+        """The layout of a FlexAttention `BlockMask` (torch.nn.attention.flex_attention):
+        blocks it lists as full are allowed, partial ones apply its mask_mod, absent ones are
+        masked. vilg layouts are shared by every sample and head, so the mask must not depend
+        on b or h (its mask_mod is evaluated at b = h = 0)."""
+        Lq, Lk = (int(n) for n in block_mask.seq_lengths)
+        if Lq != Lk:
+            raise ValueError(f"vilg layouts need equal query and key lengths, got {Lq}, {Lk}")
+        qb, kb = (int(n) for n in block_mask.BLOCK_SIZE)
+        nq, nk = (Lq + qb - 1) // qb, (Lk + kb - 1) // kb
+
+        def blocks(num, idx):  # [..., nq] counts + [..., nq, max] indices -> [nq, nk] bool
+            if num is None:
+                return torch.zeros(nq, nk, dtype=torch.bool)
+            num, idx = num.detach().cpu(), idx.detach().cpu().long()
+            num, idx = num.reshape(-1, num.shape[-1]), idx.reshape(-1, *idx.shape[-2:])
+            dense = torch.zeros(num.shape[0], nq, nk + 1, dtype=torch.bool)
+            used = torch.arange(idx.shape[-1]) < num[..., None]
+            dense.scatter_(2, torch.where(used, idx, nk)[:, :nq], True)
+            dense = dense[:, :, :nk]
+            if not (dense == dense[:1]).all():
+                raise ValueError("the BlockMask differs across batch / heads; vilg layouts cannot")
+            return dense[0]
+
+        partial = blocks(block_mask.kv_num_blocks, block_mask.kv_indices)
+        full = blocks(block_mask.full_kv_num_blocks, block_mask.full_kv_indices)
+        fn = block_mask.mask_mod
+
+        def mask_mod(q, k):
+            q, k = torch.as_tensor(q), torch.as_tensor(k)
+            bq, bk = q // qb, k // kb
+            zero = torch.zeros_like(q)
+            inner = torch.as_tensor(fn(zero, zero, q, k), dtype=torch.bool)
+            return full[bq, bk] | (partial[bq, bk] & inner)
+
+        kw.setdefault("name", f"from_block_mask(L={Lq}, blocks={qb}x{kb})")
+        return cls(Lq, mask_mod, **kw)
+
+    def to_block_mask(self, device="cpu", BLOCK_SIZE: int = 128):
+        """This layout as a FlexAttention `BlockMask` (for flex_attention), in sequence order."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        dense = self.dense_mask(device)
+        L = self.seq_len
+        return create_block_mask(
+            lambda b, h, q, k: dense[q, k], None, None, L, L, device=device, BLOCK_SIZE=BLOCK_SIZE
+        )
 
     @classmethod
     def from_dense(cls, mask: torch.Tensor, **kw) -> Layout:
@@ -204,6 +263,7 @@ class Layout:
             else torch.zeros(1, bs, words, dtype=torch.int64),
             perm=None if self._perm is None else self._perm.to(torch.int32),
         )
+        self.num_allowed = sum(int(t.sum()) for t in tiles) + int(is_full.sum()) * bs * bs
         self.num_full = int(is_full.sum())
         self.num_partial = int((~is_full).sum())
         # text segment in kernel order (the permutation must keep it contiguous)
@@ -227,6 +287,44 @@ class Layout:
         """Fraction of all tile pairs visited."""
         return self.num_tiles / self.num_blocks**2
 
+    @property
+    def fill(self) -> float:
+        """Fraction of the visited tiles' entries that are allowed (1.0: no wasted work)."""
+        return self.num_allowed / max(1, self.num_tiles * self.block_size**2)
+
+    # ---- combination ----------------------------------------------------------------------
+    def _combine(self, other, op, sym: str) -> Layout:
+        if not isinstance(other, Layout):
+            return NotImplemented
+        if other.seq_len != self.seq_len:
+            raise ValueError(
+                f"cannot combine layouts of lengths {self.seq_len} and {other.seq_len}"
+            )
+        a, b = self.mask_mod, other.mask_mod
+        same_perm = (self._perm is None and other._perm is None) or (
+            self._perm is not None
+            and other._perm is not None
+            and torch.equal(self._perm, other._perm)
+        )
+        # the text segment (padded by text_lens) survives when the two agree or one has none
+        segs = {self.text_segment, other.text_segment} - {(0, 0)}
+        return Layout(
+            self.seq_len,
+            lambda q, k: op(torch.as_tensor(a(q, k)), torch.as_tensor(b(q, k))),
+            block_size=min(self.block_size, other.block_size),
+            perm=self._perm if same_perm else None,
+            text_segment=segs.pop() if len(segs) == 1 else None,
+            name=f"({self._label()} {sym} {other._label()})",
+        )
+
+    def __or__(self, other) -> Layout:
+        """Union: a query may attend a key allowed by either layout."""
+        return self._combine(other, torch.logical_or, "|")
+
+    def __and__(self, other) -> Layout:
+        """Intersection: a query may attend a key allowed by both layouts."""
+        return self._combine(other, torch.logical_and, "&")
+
     def dense_mask(self, device=None) -> torch.Tensor:
         """[L, L] bool, True where query (row) may attend key (column); sequence order."""
         idx = torch.arange(self.seq_len)
@@ -246,20 +344,36 @@ class Layout:
             self._keys_cache[(pos, dev)] = hit
         return hit
 
+    _KERNEL_NAMES = ("q_ptr", "q_kv", "q_mask", "k_ptr", "k_q", "k_mask", "masks", "perm")
+
     def kernel_arrays(self, device) -> tuple:
-        """The 8 arrays the kernels read, cached per device."""
+        """The 8 arrays the kernels read, built once per device.
+
+        The CPU tuple exists from construction, so a torch.compile'd call reads a fixed
+        attribute (no guard on a cache that the first call fills, hence no recompile); for a
+        GPU call `Layout.to(device)` once before compiling does the same."""
         device = torch.device(device)
+        if device.type == "cpu":
+            return self._cpu_arrays
         hit = self._device_cache.get(device)
         if hit is None:
-            a = self._arrays
-            names = ("q_ptr", "q_kv", "q_mask", "k_ptr", "k_q", "k_mask", "masks", "perm")
-            hit = tuple(None if a[n] is None else a[n].to(device) for n in names)
+            hit = tuple(None if t is None else t.to(device) for t in self._cpu_arrays)
             self._device_cache[device] = hit
         return hit
+
+    def to(self, device) -> Layout:
+        """Copy the kernel arrays to `device` now (they are cached there); returns self."""
+        self.kernel_arrays(device)
+        return self
 
     @property
     def kernel_text_segment(self) -> tuple[int, int]:
         return self._kernel_text
+
+    @property
+    def kernel_perm(self) -> torch.Tensor | None:
+        """The kernel-order permutation of the sequence (None: sequence order)."""
+        return self._perm
 
     def draw(self, path, scale: int | None = None) -> None:
         """Save the dense mask as a PNG (allowed = white), with the tile grid in grey."""
@@ -277,17 +391,20 @@ class Layout:
             pic = pic.resize((self.seq_len * scale,) * 2, Image.NEAREST)
         pic.save(path)
 
+    def _label(self) -> str:
+        if self.spec:
+            return (
+                f"{self.spec.kind}, {self.spec.direction}, text={self.spec.text_len}, "
+                f"grid={self.spec.grid}"
+                + (f", answer={self.spec.answer_len}" if self.spec.direction == "vqa" else "")
+            )
+        return self.name or "custom"
+
     def __repr__(self) -> str:
-        what = (
-            f"{self.spec.kind}, {self.spec.direction}, text={self.spec.text_len}, "
-            f"grid={self.spec.grid}"
-            + (f", answer={self.spec.answer_len}" if self.spec.direction == "vqa" else "")
-            if self.spec
-            else "custom"
-        )
         return (
-            f"Layout({what}, L={self.seq_len}, block={self.block_size}, "
-            f"tiles={self.num_tiles}/{self.num_blocks**2} ({self.num_partial} partial))"
+            f"Layout({self._label()}, L={self.seq_len}, block={self.block_size}, "
+            f"tiles={self.num_tiles}/{self.num_blocks**2} ({self.num_partial} partial), "
+            f"fill={self.fill:.2f})"
         )
 
 
@@ -342,3 +459,15 @@ def ernie_vilg(
         text_segment=(txt0, text_len),
         spec=spec,
     )
+
+
+# The pattern library (causal, sliding_window, neighborhood_2d, axial, document,
+# block_diagonal) lives in vilg.patterns; imported last, since it builds on Layout.
+from vilg.patterns import (  # noqa: E402, F401 (re-exported)
+    axial,
+    block_diagonal,
+    causal,
+    document,
+    neighborhood_2d,
+    sliding_window,
+)

@@ -59,7 +59,9 @@ def cuda_built() -> None:
         )
 
 
-def text_lens(lens, batch: int, text_len: int, device: torch.device) -> torch.Tensor | None:
+def text_lens(
+    lens, batch: int, text_len: int, device: torch.device, name: str = "text_lens"
+) -> torch.Tensor | None:
     """int32 [batch] on `device`; values must lie in [0, text_len] (checked for CPU input;
     CUDA-resident values are clamped by the kernels, to avoid a device sync per call)."""
     if lens is None:
@@ -68,15 +70,32 @@ def text_lens(lens, batch: int, text_len: int, device: torch.device) -> torch.Te
         raise ValueError("text_lens given, but the layout has no text segment")
     lens = torch.as_tensor(lens)
     if lens.dtype.is_floating_point or lens.dtype == torch.bool or lens.is_complex():
-        raise TypeError(f"text_lens must hold integers, got {lens.dtype}")
-    if lens.shape != (batch,):
-        raise ValueError(f"text_lens must have shape [{batch}], got {list(lens.shape)}")
-    if not lens.is_cuda and ((lens < 0) | (lens > text_len)).any():
-        raise ValueError(f"text_lens values must lie in [0, {text_len}], got {lens.tolist()}")
+        raise TypeError(f"{name} must hold integers, got {lens.dtype}")
+    if lens.dim() != 1 or lens.shape[0] != batch:
+        raise ValueError(f"{name} must have shape [{batch}], got {list(lens.shape)}")
+    # The value check reads the data: eager CPU only. Under torch.compile it would be a
+    # data-dependent branch (a graph break); the kernels clamp to [0, text_len] either way.
+    if not lens.is_cuda and not torch.compiler.is_compiling():
+        if ((lens < 0) | (lens > text_len)).any():
+            raise ValueError(f"{name} values must lie in [0, {text_len}], got {lens.tolist()}")
     return lens.to(device=device, dtype=torch.int32).contiguous()
 
 
-def attention(q, k, v, layout) -> None:
+def key_lens(lens, batch: int, layout, device: torch.device) -> torch.Tensor | None:
+    """Per-sample key lengths: keys at sequence positions >= key_lens[b] are masked. The kernels
+    express it as a text segment spanning the whole sequence, which needs sequence order."""
+    if lens is None:
+        return None
+    if layout.kernel_perm is not None:
+        raise ValueError(
+            "key_lens needs a layout in sequence order (this one permutes the sequence, e.g. "
+            "column attention on the transposed grid); build it without the permutation"
+        )
+    return text_lens(lens, batch, layout.seq_len, device, name="key_lens")
+
+
+def attention(q, k, v, layout) -> int:
+    """Checks q, k, v and the layout; returns the GQA group size (q heads per k/v head)."""
     from vilg.layouts import Layout
 
     q, k, v = tensor(q, "q"), tensor(k, "k"), tensor(v, "v")
@@ -90,10 +109,14 @@ def attention(q, k, v, layout) -> None:
     if not q.dtype == k.dtype == v.dtype:
         raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     device = same_device({"q": q, "k": k, "v": v})
-    if not q.shape == k.shape == v.shape:
+    if k.shape != v.shape or q.shape[:1] + q.shape[2:] != k.shape[:1] + k.shape[2:]:
         raise ValueError(
-            f"q, k, v must have the same shape, got {list(q.shape)}, {list(k.shape)}, "
-            f"{list(v.shape)}"
+            f"q, k, v must have the same shape (k, v may have fewer heads), got {list(q.shape)}, "
+            f"{list(k.shape)}, {list(v.shape)}"
+        )
+    if k.shape[1] < 1 or q.shape[1] % k.shape[1]:
+        raise ValueError(
+            f"q heads ({q.shape[1]}) must be a multiple of k/v heads ({k.shape[1]}) (GQA / MQA)"
         )
     if q.shape[2] != layout.seq_len:
         raise ValueError(f"sequence length {q.shape[2]} differs from the layout's {layout.seq_len}")
@@ -111,6 +134,7 @@ def attention(q, k, v, layout) -> None:
             )
     elif not 1 <= d <= 256:
         raise ValueError(f"head_dim must be in 1..256, got {d}")
+    return q.shape[1] // k.shape[1]
 
 
 # ---- VQ -------------------------------------------------------------------------------------
@@ -287,7 +311,9 @@ def sampling(logits, uncond, cfg_scale, temperature, top_k, top_p) -> tuple:
     if not math.isfinite(cfg_scale):
         raise ValueError(f"cfg_scale must be finite, got {cfg_scale}")
     if math.isnan(temperature) or temperature == math.inf:
-        raise ValueError(f"temperature must be a finite number (<= 0: argmax), got {temperature}")
+        raise ValueError(f"temperature must be a finite number (0: argmax), got {temperature}")
+    if temperature < 0:  # a sign slip, not a request for argmax: say so instead of guessing
+        raise ValueError(f"temperature must be >= 0 (0: argmax), got {temperature}")
     if 0 < temperature < 1e-30:  # 1 / temperature must stay a finite float32
         raise ValueError(f"temperature {temperature} is too small; use 0 for argmax")
     top_k = _int_scalar(top_k, "top_k")
@@ -295,4 +321,24 @@ def sampling(logits, uncond, cfg_scale, temperature, top_k, top_p) -> tuple:
         raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not torch.compiler.is_compiling():  # data-dependent: eager only
+        nan_rows(logits, uncond, cfg_scale)
     return cfg_scale, temperature, top_k, top_p
+
+
+def nan_rows(logits: torch.Tensor, uncond: torch.Tensor | None, cfg_scale: float) -> None:
+    """A row whose (guidance-mixed) logits are all NaN has no distribution to draw from: the
+    kernel would return an arbitrary token, so refuse it and name the rows."""
+    mixed = logits.float()
+    if uncond is not None:
+        u = uncond.float()
+        mixed = u + cfg_scale * (mixed - u)
+    bad = torch.isnan(mixed).all(dim=1)
+    if bad.any():
+        rows = torch.nonzero(bad).flatten().tolist()
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        raise ValueError(
+            f"logits rows [{shown}] are all NaN ({len(rows)} of {logits.shape[0]}"
+            + (", after classifier-free guidance" if uncond is not None else "")
+            + "): there is no distribution to sample from"
+        )

@@ -118,7 +118,27 @@ def _backward(ctx, grad_out, _grad_lse):
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-@accepts_arrays
+def _grouped(run, q, k, v, g: int):
+    """GQA / MQA (g q heads per k/v head, q head h reads k/v head h // g, as transformers'
+    repeat_kv) without copying k, v: the kernels read q, k, v through strides but need equal
+    head counts, so split into equal-head calls and let autograd sum dK, dV over the group.
+    Interim cost: the backward still produces one dK/dV per q head before that sum (a
+    kernel-native group accumulation comes with the kernel rewrite)."""
+    B, H, L, D = q.shape
+    Hkv = k.shape[1]
+    if Hkv <= g:  # few k/v heads (MQA): one call per k/v head, its k/v broadcast (stride 0)
+        outs = [
+            run(q[:, h * g : (h + 1) * g], *(t[:, h : h + 1].expand(B, g, L, D) for t in (k, v)))
+            for h in range(Hkv)
+        ]
+        return torch.cat([o for o, _ in outs], 1), torch.cat([s for _, s in outs], 1)
+    # many k/v heads: call j takes q heads j, j + g, ... (a strided view) against all of k, v
+    outs = [run(q[:, j::g], k, v) for j in range(g)]
+    o = torch.stack([o for o, _ in outs], 2).reshape(B, H, L, D)
+    lse = torch.stack([s for _, s in outs], 2).reshape(B, H, L)
+    return o, lse
+
+
 def sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -127,23 +147,64 @@ def sparse_attention(
     *,
     scale: float | None = None,
     text_lens: torch.Tensor | None = None,
+    key_lens: torch.Tensor | None = None,
     return_lse: bool = False,
 ):
     """Softmax attention restricted to `layout`: equal to dense attention with
-    `layout.dense_mask()` (plus padded text keys masked per sample by `text_lens`), computed
-    over the allowed tiles only.
+    `layout.dense_mask()` (plus padded keys masked per sample), computed over the allowed
+    tiles only.
 
-    q, k, v: [batch, heads, seq, head_dim], float32 / float16 / bfloat16, last dim contiguous.
+    q: [batch, heads, seq, head_dim]; k, v: [batch, kv_heads, seq, head_dim] with heads a
+    multiple of kv_heads (GQA / MQA: q head h reads k/v head h // (heads // kv_heads));
+    float32 / float16 / bfloat16, last dim contiguous (NumPy / CuPy arrays answer in kind).
+    text_lens [batch]: real lengths of the layout's text segment (its padded keys are masked).
+    key_lens [batch]: keys at positions >= key_lens[b] are masked (padding for any layout in
+    sequence order). At most one of the two. Their values are checked on the eager CPU path
+    only (under torch.compile the kernels clamp them).
     Returns out [batch, heads, seq, head_dim] and, with return_lse, the float32 log-sum-exp
     [batch, heads, seq] (-inf for a query with no allowed key, whose output is 0).
+    Works under torch.compile(fullgraph=True).
     """
-    _validate.attention(q, k, v, layout)
-    B, _, _, D = q.shape
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    if not math.isfinite(scale):
+    kw = dict(scale=scale, text_lens=text_lens, key_lens=key_lens, return_lse=return_lse)
+    if torch.compiler.is_compiling():  # the array bridge inspects types dynamo cannot trace
+        return _sparse_attention(q, k, v, layout, **kw)
+    return _sparse_attention_arrays(q, k, v, layout, **kw)
+
+
+def _sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: Layout,
+    *,
+    scale: float | None = None,
+    text_lens: torch.Tensor | None = None,
+    key_lens: torch.Tensor | None = None,
+    return_lse: bool = False,
+):
+    g = _validate.attention(q, k, v, layout)
+    B = q.shape[0]
+    if scale is None:  # int(): the head dim is static even under dynamic shapes
+        scale = 1.0 / math.sqrt(int(q.shape[3]))
+    elif not math.isfinite(float(scale)):
         raise ValueError(f"scale must be finite, got {scale}")
-    text_start, text_len = layout.kernel_text_segment
-    lens = _validate.text_lens(text_lens, B, text_len, q.device)
+    scale = float(scale)
+    if key_lens is not None:
+        if text_lens is not None:
+            raise ValueError("give text_lens or key_lens, not both")
+        text_start, text_len = 0, layout.seq_len  # the "text" segment is then the whole sequence
+        lens = _validate.key_lens(key_lens, B, layout, q.device)
+    else:
+        text_start, text_len = layout.kernel_text_segment
+        lens = _validate.text_lens(text_lens, B, text_len, q.device)
     *arrays, perm = layout.kernel_arrays(q.device)
-    o, lse = _fwd(q, k, v, list(arrays), perm, lens, layout.block_size, text_start, text_len, scale)
+    arrays = list(arrays)
+
+    def run(q_, k_, v_):
+        return _fwd(q_, k_, v_, arrays, perm, lens, layout.block_size, text_start, text_len, scale)
+
+    o, lse = run(q, k, v) if g == 1 else _grouped(run, q, k, v, g)
     return (o, lse) if return_lse else o
+
+
+_sparse_attention_arrays = accepts_arrays(_sparse_attention)

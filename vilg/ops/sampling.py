@@ -4,7 +4,7 @@ counter-based (Philox4x32-10) categorical draw, one row of logits per sample.
 The algorithm (identical on CPU and CUDA, see csrc/cpu/sampling.h), for each row b:
 
 1. l = uncond + cfg_scale * (logits - uncond) if `uncond` is given, else logits (float32).
-2. temperature <= 0: return argmax l (lowest index on ties). Else z = l * (1 / temperature).
+2. temperature == 0: return argmax l (lowest index on ties). Else z = l * (1 / temperature).
 3. top_k > 0: keep the entries with z >= the k-th largest z (ties at the cut are all kept).
 4. Weights w = floor(exp(z - max z) * 2^40) (integers, so every sum is exact).
 5. top_p < 1: keep the entries with z >= tau, tau the largest kept value whose kept entries at
@@ -13,8 +13,9 @@ The algorithm (identical on CPU and CUDA, see csrc/cpu/sampling.h), for each row
    kept index (in index order) where the running sum of w exceeds u * (kept weight).
 
 Equal (seed, offset) give equal tokens; advance `offset` every step. NaN logits count as -inf;
-a row that is all -inf is drawn uniformly. Tokens whose weight rounds to 0 (probability below
-~2^-40 of the most likely one) are never drawn.
+a row that is all -inf is drawn uniformly, a row that is all NaN (after guidance) raises
+ValueError naming it, and so does temperature < 0. Tokens whose weight rounds to 0
+(probability below ~2^-40 of the most likely one) are never drawn.
 """
 
 from __future__ import annotations

@@ -1,0 +1,160 @@
+"""sparse_attention as a drop-in: GQA / MQA, per-sample key padding, torch.compile(fullgraph)."""
+
+import pytest
+import torch
+from reference import attention as ref_attention
+from reference import rel_err
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from vilg.layouts import Layout, ernie_vilg
+from vilg.ops import sparse_attention
+
+
+def _repeat_kv(t, g):
+    """Independent GQA reference: materialise each k/v head g times (q head h -> h // g)."""
+    return t.repeat_interleave(g, dim=1)
+
+
+def _check_grads(out, ref, leaves, ref_leaves, tol=1e-5):
+    assert rel_err(out, ref) < tol
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
+    got = torch.autograd.grad(out, leaves, g)
+    want = torch.autograd.grad(ref, ref_leaves, g.double())
+    for name, a, b in zip("qkv", got, want):
+        assert a.shape == b.shape, name
+        assert rel_err(a, b) < 2 * tol, (name, rel_err(a, b))
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (6, 1), (6, 3), (8, 2), (3, 3)])
+@pytest.mark.parametrize("kind", ["row", "column"])
+def test_gqa_matches_repeated_kv(gen, heads, kv_heads, kind):
+    lay = ernie_vilg(kind, 5, (5, 6), window=3, block_size=16)
+    B, L, D = 2, lay.seq_len, 16
+    q = torch.randn(B, heads, L, D, generator=gen, requires_grad=True)
+    k, v = (torch.randn(B, kv_heads, L, D, generator=gen, requires_grad=True) for _ in range(2))
+    lens = torch.tensor([5, 2])
+    out = sparse_attention(q, k, v, lay, text_lens=lens)
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    g = heads // kv_heads
+    ref = ref_attention(
+        qd,
+        _repeat_kv(kd, g),
+        _repeat_kv(vd, g),
+        lay.dense_mask(),
+        text_lens=lens,
+        text_segment=lay.text_segment,
+    )
+    _check_grads(out, ref, (q, k, v), (qd, kd, vd))
+
+
+def test_gqa_lse_and_strided_projection(gen):
+    # [B, L, H, D] projections viewed as [B, H, L, D], 4 q heads over 2 kv heads
+    lay = Layout.from_mask_mod(lambda q, k: k <= q, 37, block_size=16)
+    x = torch.randn(2, 37, 4 + 2 + 2, 16, generator=gen)
+    q, k, v = x[:, :, :4].transpose(1, 2), x[:, :, 4:6].transpose(1, 2), x[:, :, 6:].transpose(1, 2)
+    out, lse = sparse_attention(q, k, v, lay, return_lse=True)
+    kr = _repeat_kv(k.double(), 2)
+    s = (q.double() @ kr.transpose(-1, -2) / 4).masked_fill(~lay.dense_mask(), float("-inf"))
+    assert rel_err(lse, torch.logsumexp(s, -1)) < 1e-6
+    assert rel_err(out, ref_attention(q, kr, _repeat_kv(v, 2), lay.dense_mask())) < 1e-5
+
+
+@pytest.mark.parametrize("L", [33, 50])
+def test_key_lens_pad_any_layout(gen, L):
+    band = Layout.from_mask_mod(lambda q, k: (q - k).abs() <= 7, L, block_size=16)
+    B = 3
+    q, k, v = (torch.randn(B, 2, L, 16, generator=gen, requires_grad=True) for _ in range(3))
+    lens = torch.tensor([L, 9, 20])
+    out = sparse_attention(q, k, v, band, key_lens=lens)
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    mask = band.dense_mask()
+    # independent construction: one boolean [B, L, L] mask with padded keys removed
+    m = mask.expand(B, L, L).clone()
+    for b, n in enumerate(lens.tolist()):
+        m[b, :, n:] = False
+    ref = (
+        torch.softmax(
+            (qd @ kd.transpose(-1, -2) / 4).masked_fill(~m[:, None], float("-inf")), -1
+        ).nan_to_num(0.0)
+        @ vd
+    )
+    _check_grads(out, ref, (q, k, v), (qd, kd, vd))
+
+
+def test_key_lens_errors(gen):
+    lay = ernie_vilg("row", 4, (4, 4), block_size=16)
+    q = torch.randn(2, 2, lay.seq_len, 16, generator=gen)
+    with pytest.raises(ValueError, match="not both"):
+        sparse_attention(
+            q, q, q, lay, text_lens=torch.tensor([1, 2]), key_lens=torch.tensor([3, 4])
+        )
+    with pytest.raises(ValueError, match=r"key_lens values must lie in \[0, 20\]"):
+        sparse_attention(q, q, q, lay, key_lens=torch.tensor([21, 4]))
+    with pytest.raises(TypeError, match="key_lens must hold integers"):
+        sparse_attention(q, q, q, lay, key_lens=torch.tensor([2.0, 4.0]))
+    col = ernie_vilg("column", 4, (4, 4), block_size=16)
+    with pytest.raises(ValueError, match="sequence order"):
+        sparse_attention(q, q, q, col, key_lens=torch.tensor([3, 4]))
+    with pytest.raises(ValueError, match="multiple of k/v heads"):
+        sparse_attention(torch.randn(2, 3, lay.seq_len, 16), q, q, lay)
+    with pytest.raises(ValueError, match="same shape"):
+        sparse_attention(q, q, q[:, :1], lay)
+
+
+def test_compile_fullgraph_text_lens_no_recompile_on_batch(gen):
+    """The model's call (text_lens, GQA) compiles without graph breaks, forward and backward,
+    and a batch-size change reuses the graph (dynamic batch)."""
+    lay = ernie_vilg("row", 4, (4, 5), block_size=16)
+    cc = CompileCounterWithBackend("aot_eager")
+
+    def f(q, k, v, lens):
+        return sparse_attention(q, k, v, lay, text_lens=lens)
+
+    fn = torch.compile(f, backend=cc, fullgraph=True)
+    for B in (2, 3, 5):
+        q = torch.randn(B, 4, lay.seq_len, 16, generator=gen, requires_grad=True)
+        k, v = (torch.randn(B, 2, lay.seq_len, 16, generator=gen, requires_grad=True) for _ in "kv")
+        lens = torch.randint(0, 5, (B,), generator=gen)
+        for t in (q, k, v, lens):  # batch dynamic from the first call (heads stay static)
+            torch._dynamo.mark_dynamic(t, 0)
+        out = fn(q, k, v, lens)
+        grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+        want = f(q, k, v, lens)
+        want_grads = torch.autograd.grad(want.square().sum(), (q, k, v))
+        assert rel_err(out, want) < 1e-6
+        for a, b in zip(grads, want_grads):
+            assert rel_err(a, b) < 1e-6
+    assert cc.frame_count == 1
+
+
+def test_compile_default_recompiles_once_then_reuses(gen):
+    # default dynamic=None: dynamo's one automatic-dynamic recompile, then none for new batches
+    lay = Layout.from_mask_mod(lambda q, k: k <= q, 40, block_size=16)
+    cc = CompileCounterWithBackend("aot_eager")
+    fn = torch.compile(
+        lambda q, k, v, n: sparse_attention(q, k, v, lay, key_lens=n).sum(),
+        backend=cc,
+        fullgraph=True,
+    )
+    for B in (1, 2, 3, 4):
+        q, k, v = (torch.randn(B, 2, 40, 8, generator=gen, requires_grad=True) for _ in "qkv")
+        fn(q, k, v, torch.full((B,), 30)).backward()
+        assert torch.isfinite(q.grad).all()
+    assert cc.frame_count == 2
+
+
+def test_vilg_model_with_text_lens_compiles_fullgraph(gen):
+    # the issue's failing case: the model's text_lens check broke the graph
+    from vilg.model.transformer import GPTConfig, UnifiedTransformer
+
+    torch.manual_seed(0)
+    model = UnifiedTransformer(GPTConfig(text_len=8, grid=(4, 4), n_layer=2, n_head=2, n_embd=32))
+    ti = torch.randint(0, 200, (2, 8), generator=gen)
+    ii = torch.randint(0, 128, (2, 16), generator=gen)
+    lens = torch.tensor([8, 3])
+    want = model("text2image", ti, ii, lens)  # eager first: builds the layer layouts
+    cc = CompileCounterWithBackend("aot_eager")
+    out = torch.compile(model, backend=cc, fullgraph=True)("text2image", ti, ii, lens)
+    assert rel_err(out, want) < 1e-6 and cc.frame_count == 1
+    g = torch.autograd.grad(out.sum(), model.blocks[0].attn.qkv.weight)[0]
+    assert torch.isfinite(g).all() and g.abs().sum() > 0

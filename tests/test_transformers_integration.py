@@ -1,0 +1,173 @@
+"""transformers models built from configs (random weights) on vilg attention: logits and
+gradients against the same model on sdpa (float64) under the same mask."""
+
+import copy
+
+import pytest
+import torch
+from reference import rel_err
+from torch._dynamo.testing import CompileCounterWithBackend
+
+transformers = pytest.importorskip("transformers")
+
+import vilg.integrations.transformers as vt  # noqa: E402
+from vilg.layouts import causal, neighborhood_2d, sliding_window  # noqa: E402
+
+V = 97
+
+
+def _lm_config(cls, **kw):
+    return cls(
+        vocab_size=V,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        **kw,
+    )
+
+
+def _pair(config, impl, auto=transformers.AutoModelForCausalLM):
+    """The model on `impl` (float32) and the same weights on sdpa in float64. Each model gets
+    its own config copy: from_config records the implementation in the config it is given."""
+    torch.manual_seed(0)
+    model = auto.from_config(copy.deepcopy(config), attn_implementation=impl)
+    ref = auto.from_config(copy.deepcopy(config), attn_implementation="sdpa").double()
+    ref.load_state_dict(model.state_dict())
+    return model, ref
+
+
+class _Count(torch.overrides.TorchFunctionMode):
+    """Records calls of one op (here: vilg's attention kernel) while active."""
+
+    def __init__(self, op, calls):
+        super().__init__()
+        self.op, self.calls = op, calls
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is self.op or getattr(func, "_overloadpacket", None) is getattr(
+            self.op, "_overloadpacket", 0
+        ):
+            self.calls.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def _grads(model):
+    return torch.cat([p.grad.flatten().double() for p in model.parameters()])
+
+
+def _compare(model, ref, inputs, ref_inputs, tol=1e-5):
+    calls = []
+    hook = torch.ops.vilg.sparse_attention_fwd.default
+    with _Count(hook, calls):
+        out = model(**inputs).logits
+    assert len(calls) >= model.config.num_hidden_layers  # every layer ran on vilg kernels
+    want = ref(**ref_inputs).logits
+    assert rel_err(out, want) < tol
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    (out * g).sum().backward()
+    (want * g.double()).sum().backward()
+    assert rel_err(_grads(model), _grads(ref)) < 10 * tol
+
+
+def test_llama_causal_gqa_with_padding():
+    vt.register("vilg_causal", layout_fn=lambda n: causal(n, block_size=16))
+    model, ref = _pair(_lm_config(transformers.LlamaConfig), "vilg_causal")
+    ids = torch.randint(0, V, (2, 45), generator=torch.Generator().manual_seed(1))
+    am = torch.ones(2, 45, dtype=torch.long)
+    am[1, 30:] = 0  # right padding
+    _compare(
+        model, ref, dict(input_ids=ids, attention_mask=am), dict(input_ids=ids, attention_mask=am)
+    )
+
+
+def test_mistral_sliding_window():
+    w = 8
+    vt.register("vilg_sliding", layout_fn=lambda n: sliding_window(n, w, block_size=16))
+    cfg = _lm_config(transformers.MistralConfig, sliding_window=w)
+    model, ref = _pair(cfg, "vilg_sliding")
+    ids = torch.randint(0, V, (2, 50), generator=torch.Generator().manual_seed(2))
+    _compare(model, ref, dict(input_ids=ids), dict(input_ids=ids))
+    # the layout is what decides: plain causal attention gives other logits than the window
+    vt.register("vilg_wrong", layout_fn=lambda n: causal(n, block_size=16))
+    wrong, _ = _pair(cfg, "vilg_wrong")
+    assert rel_err(wrong(input_ids=ids).logits, ref(input_ids=ids).logits) > 1e-3
+
+
+def _masked_sdpa(mask):
+    """Reference attention function: torch sdpa with an explicit dense mask (k/v repeated)."""
+
+    def attention(module, q, k, v, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        g = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.to(q.device), scale=scaling
+        )
+        return out.transpose(1, 2), None
+
+    return attention
+
+
+def test_vit_neighborhood_with_cls_prefix():
+    grid, window = (12, 12), 5
+    lay = neighborhood_2d(grid, window, prefix=1, block_size=16)  # CLS first, sees all
+    vt.register("vilg_vit", layout_fn=lay)
+    transformers.AttentionInterface.register("ref_vit", _masked_sdpa(lay.dense_mask()))
+    cfg = transformers.ViTConfig(
+        image_size=48, patch_size=4, hidden_size=64, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=96, num_labels=5,
+    )  # fmt: skip
+    auto = transformers.AutoModelForImageClassification
+    torch.manual_seed(0)
+    model = auto.from_config(copy.deepcopy(cfg), attn_implementation="vilg_vit")
+    ref = auto.from_config(copy.deepcopy(cfg), attn_implementation="ref_vit").double()
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(4))
+    _compare(model, ref, dict(pixel_values=x), dict(pixel_values=x.double()))
+    full = auto.from_config(copy.deepcopy(cfg), attn_implementation="sdpa")
+    full.load_state_dict(model.state_dict())
+    assert rel_err(full(pixel_values=x).logits, model(pixel_values=x).logits) > 1e-3
+
+
+@pytest.mark.slow  # dynamo traces the whole transformers model: ~10-20 s on 2 cores
+def test_compile_fullgraph_llama_no_recompile_on_batch():
+    fn = vt.register("vilg_compiled", layout_fn=lambda n: causal(n, block_size=16))
+    torch.manual_seed(0)
+    cfg = _lm_config(transformers.LlamaConfig)
+    cfg.num_hidden_layers = 1  # tracing time grows with depth; one layer shows the route
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="vilg_compiled")
+    fn.layouts.get(40)  # layouts are built eagerly, before compiling
+    cc = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=cc, fullgraph=True)
+    for B in (2, 3):
+        ids = torch.randint(0, V, (B, 40), generator=torch.Generator().manual_seed(B))
+        torch._dynamo.mark_dynamic(ids, 0)
+        out = compiled(input_ids=ids).logits
+        out.square().mean().backward()
+        got = _grads(model)
+        model.zero_grad()
+        want = model(input_ids=ids).logits
+        want.square().mean().backward()
+        assert rel_err(out, want) < 1e-5 and rel_err(got, _grads(model)) < 1e-5
+        model.zero_grad()
+    assert cc.frame_count == 1
+
+
+def test_errors():
+    fn = vt.make_attention_function(lambda n: causal(n, block_size=16))
+    q = torch.randn(2, 4, 20, 8)
+    k = torch.randn(2, 2, 20, 8)
+    with pytest.raises(ValueError, match="dropout"):
+        fn(None, q, k, k, None, dropout=0.1)
+    with pytest.raises(ValueError, match="right padding"):
+        left = torch.ones(2, 20, dtype=torch.long)
+        left[0, :3] = 0
+        fn(None, q, k, k, left)
+    with pytest.raises(ValueError, match="2-D"):
+        fn(None, q, k, k, torch.ones(2, 1, 20, 20, dtype=torch.bool))
+    with pytest.raises(ValueError, match="equal query and key lengths"):
+        fn(None, q[:, :, :1], k, k, None)
+    with pytest.raises(ValueError, match="layout_fn"):
+        vt.register("vilg_none")

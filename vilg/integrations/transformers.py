@@ -1,0 +1,89 @@
+"""Run Hugging Face transformers models on vilg's kernels.
+
+    import vilg.integrations.transformers as vt
+    from vilg.layouts import sliding_window
+    vt.register("vilg", layout_fn=lambda n: sliding_window(n, 512))
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="vilg")
+
+`register` adds an attention function (and a matching mask function) through transformers'
+public `AttentionInterface` / `AttentionMaskInterface`. The layout decides which keys each
+query sees, in place of the model's own mask; a 2-D padding `attention_mask` (right padding)
+becomes per-sample key lengths. Queries and keys must have equal length (training and
+prefill; cached decoding is not supported yet). GQA models pass fewer k/v heads, which the
+kernels read without repeating them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vilg.layouts import Layout
+from vilg.nn import LayoutCache, LayoutFn
+from vilg.ops.attention import sparse_attention
+
+
+def _padding_mask(batch_size, q_length, kv_length, *args, attention_mask=None, **kwargs):
+    """Mask function for the model's mask builder: instead of an L x L mask (the layout is
+    the pattern), hand the 2-D padding mask through, or None without padding."""
+    return attention_mask
+
+
+def _key_lens(attention_mask, batch: int, kv_length: int) -> torch.Tensor | None:
+    if attention_mask is None:
+        return None
+    m = attention_mask
+    if m.dim() != 2 or m.shape[0] != batch or m.shape[1] != kv_length:
+        raise ValueError(
+            "vilg attention takes a 2-D [batch, seq] padding mask (the layout is the pattern), "
+            f"got shape {list(m.shape)}; 4-D masks are not supported"
+        )
+    m = m.bool() if m.dtype != torch.bool else m
+    lens = m.sum(-1)
+    if not torch.compiler.is_compiling() and not m.is_cuda:  # eager check: right padding only
+        expect = torch.arange(kv_length, device=m.device)[None, :] < lens[:, None]
+        if not torch.equal(m, expect):
+            raise ValueError("vilg attention supports right padding only (ones, then zeros)")
+    return lens
+
+
+def make_attention_function(layout_fn: Layout | LayoutFn, cache_size: int = 8):
+    """The attention function transformers calls: (module, query, key, value, attention_mask,
+    scaling=None, dropout=0.0, **kwargs) -> (out [B, L, heads, D], None). Its `.layouts`
+    is the LayoutCache (call `.layouts.get(seq_len)` before torch.compile)."""
+    layouts = LayoutCache(layout_fn, cache_size)
+
+    def vilg_attention(
+        module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
+    ):
+        if dropout:
+            raise ValueError("vilg attention has no attention dropout; set it to 0")
+        B, _, L, _ = query.shape
+        if key.shape[2] != L:
+            raise ValueError(
+                f"vilg attention needs equal query and key lengths, got {L} and {key.shape[2]} "
+                "(cached decoding is not supported yet)"
+            )
+        lens = _key_lens(attention_mask, B, L)
+        lay = layouts.get(L, query.device)
+        out = sparse_attention(query, key, value, lay, scale=scaling, key_lens=lens)
+        return out.transpose(1, 2), None
+
+    vilg_attention.layouts = layouts
+    return vilg_attention
+
+
+def register(name: str = "vilg", layout_fn: Layout | LayoutFn | None = None, cache_size: int = 8):
+    """Register vilg attention under `name` for `attn_implementation=name`; returns the
+    attention function (its `.layouts` cache builds one Layout per sequence length)."""
+    try:
+        from transformers import AttentionInterface, AttentionMaskInterface
+    except ImportError as e:  # an optional dependency
+        raise ImportError("vilg.integrations.transformers needs `pip install transformers`") from e
+    if layout_fn is None:
+        raise ValueError("layout_fn is required (a Layout or a function seq_len -> Layout)")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    fn = make_attention_function(layout_fn, cache_size)
+    AttentionInterface.register(name, fn)
+    AttentionMaskInterface.register(name, _padding_mask)
+    return fn
