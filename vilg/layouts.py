@@ -14,6 +14,7 @@ partial masks are stored once.
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ KINDS = ("full", "row", "column", "conv")
 DIRECTIONS = ("text2image", "image2text", "vqa")
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+_ONE_THREAD_BUILD = threading.Lock()
 
 
 def schedule(num_layers: int) -> list[str]:
@@ -133,12 +135,15 @@ class Layout:
         self.text_segment = text_segment or (0, 0)
         # The build is many small tensor ops, where a thread team costs more than it saves:
         # on a busy 2-core machine two threads made it ~25x slower than one.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            self._build()
-        finally:
-            torch.set_num_threads(threads)
+        # The setting is process-wide: one build at a time, or a build started inside another
+        # would save its "1" and restore that last.
+        with _ONE_THREAD_BUILD:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                self._build()
+            finally:
+                torch.set_num_threads(threads)
         self._cpu_arrays = tuple(self._arrays[n] for n in self._KERNEL_NAMES)
         self._device_cache: dict[torch.device, tuple] = {}
         self._keys_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
