@@ -17,7 +17,7 @@ def test_interleaved_builds_restore_the_thread_count():
     def mod_a(q, k):
         seen.append(torch.get_num_threads())
         a_in.set()
-        b_in.wait(1.0)  # one build at a time: B cannot start, this times out
+        b_in.wait(0.3)  # one build at a time: B cannot start, this times out
         return k <= q
 
     def mod_b(q, k):

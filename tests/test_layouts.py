@@ -166,4 +166,3 @@ def test_bad_dense_mask():
         Layout.from_dense(torch.ones(3, 4, dtype=torch.bool))
     with pytest.raises(ValueError):
         Layout.from_dense(torch.ones(3, 3))
-
