@@ -321,7 +321,8 @@ def sampling(logits, uncond, cfg_scale, temperature, top_k, top_p) -> tuple:
         raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not torch.compiler.is_compiling():  # data-dependent: eager only
+    # data-dependent: eager CPU only (on a GPU it would sync every decoding step)
+    if not torch.compiler.is_compiling() and not logits.is_cuda:
         nan_rows(logits, uncond, cfg_scale)
     return cfg_scale, temperature, top_k, top_p
 
