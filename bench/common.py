@@ -10,38 +10,23 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from vilg.profile import machine
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def device_name(device: torch.device) -> str:
+    name = machine.device_name(device)
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+        return name
     return f"{name} ({torch.get_num_threads()} threads of {os.cpu_count()} cpus)"
-
-
-def load_average() -> list[float] | None:
-    """The machine's 1/5/15-minute load (a CPU shared with other jobs times badly)."""
-    try:
-        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    except (OSError, ValueError):
-        return None
 
 
 def thread_note(device: torch.device) -> None:
@@ -61,26 +46,6 @@ def _build_info() -> dict | None:
         return vilg.build_info()
     except Exception as e:  # noqa: BLE001 - results are still worth writing without it
         return {"error": f"{type(e).__name__}: {e}"}
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=True,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-        )
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def bench(fn, inputs: list, device: torch.device, warmup: int = 3, repeat: int = 10) -> float:
@@ -122,11 +87,11 @@ def write_results(
         "benchmark": name,
         "device": device_name(device),
         "date": stamp,
-        "commit": git_commit(),
+        "commit": machine.git_commit(),
         "torch": torch.__version__,
         "vilg": _build_info(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "load_average": load_average(),
+        "load_average": machine.load_average(),
         "timing": f"{timer}, median after warm-up, rotating inputs",
         "config": config,
         "rows": rows,

@@ -435,12 +435,9 @@ def ernie_vilg(
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if not isinstance(text_len, int) or text_len < 0:
         raise ValueError(f"text_len must be a non-negative int, got {text_len!r}")
-    try:
-        H, W = (int(g) for g in grid)
-    except (TypeError, ValueError):
-        raise ValueError(f"grid must be (H, W), got {grid!r}") from None
-    if H < 1 or W < 1:
-        raise ValueError(f"grid must be positive, got {grid!r}")
+    from vilg.patterns import grid_shape  # imports this module: late
+
+    H, W = grid_shape(grid)
     if kind == "conv" and (not isinstance(window, int) or window < 1 or window % 2 == 0):
         raise ValueError(f"window must be a positive odd int, got {window!r}")
     if not isinstance(answer_len, int) or answer_len < 0 or (answer_len and direction != "vqa"):

@@ -34,7 +34,8 @@ def _pos_int(x, name: str, minimum: int = 1) -> int:
     return x
 
 
-def _grid(grid) -> tuple[int, int]:
+def grid_shape(grid) -> tuple[int, int]:
+    """(H, W) of an image-token grid, or a ValueError saying what is wrong."""
     try:
         H, W = (int(g) for g in grid)
     except (TypeError, ValueError):
@@ -161,7 +162,7 @@ def neighborhood_2d(
     The tokens inside each tile are ordered raster-wise or patch-wise (2 x 32, 4 x 16 or
     8 x 8 patches of the grid), whichever visits fewest tiles; the layout's permutation
     handles it, callers keep raster order."""
-    H, W = _grid(grid)
+    H, W = grid_shape(grid)
     ks = (window, window) if isinstance(window, int) else tuple(window)
     ds = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
     if len(ks) != 2 or len(ds) != 2:
@@ -214,7 +215,7 @@ def axial(
     """Axial attention over an H x W grid in raster order: each query attends its row
     (axis="row") or its column ("column"); causal: only keys at or before it on that axis.
     Column attention runs on the transposed grid (a permutation), where it is row attention."""
-    H, W = _grid(grid)
+    H, W = grid_shape(grid)
     if axis not in ("row", "column"):
         raise ValueError(f"axis must be 'row' or 'column', got {axis!r}")
     perm = None

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from vilg.profile import machine
+
 # Dense datasheet peaks (TFLOP/s for 16-bit tensor-core math, TB/s of HBM) of the GPUs this
 # project targets, matched against torch.cuda.get_device_name.
 DATASHEET = {
@@ -354,7 +356,7 @@ def profile(a) -> dict:
         "shape": shape,
         "dtype": a.dtype,
         "device": device.type,
-        "device_name": _device_name(device),
+        "device_name": machine.device_name(device),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "time_ms": {"median": ms, "min": min(times), "iters": len(times)},
         "kernels": kernels,
@@ -372,46 +374,16 @@ def profile(a) -> dict:
     return doc
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def _meta() -> dict:
-    import subprocess
-
     import vilg
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    try:
-        load = [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    except (OSError, ValueError):
-        load = None
     return {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "commit": commit,
+        "commit": machine.git_commit(),
         "torch": torch.__version__,
         "vilg": vilg.build_info(),
         "cpus": os.cpu_count(),
-        "load_average": load,
+        "load_average": machine.load_average(),
     }
 
 
