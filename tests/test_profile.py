@@ -79,7 +79,7 @@ def test_attention_profile_json(tmp_path, capsys):
     assert lim["gemm_gflops"] > 0 and lim["copy_gbs"] > 0
     assert doc["pct_of_gemm"] == pytest.approx(100 * doc["gflops_useful"] / lim["gemm_gflops"])
     assert [k["name"] for k in doc["kernels"]] == ["vilg::sparse_attention_fwd"]
-    assert doc["meta"]["vilg"]["kernels"]["sparse_attention_fwd"] == ["cpu"]
+    assert "cpu" in doc["meta"]["vilg"]["kernels"]["sparse_attention_fwd"]
     assert "GEMM probe" in capsys.readouterr().out
 
 
