@@ -43,10 +43,28 @@ def cmd_train(args) -> int:
 
     preset = get_preset(args.preset, args.set)
     stages = args.stages.split(",")
-    t = train_run(
-        preset, args.out, data=args.data, device=args.device, seed=args.seed, stages=stages
-    )
-    print(json.dumps({"timings_s": t}, indent=2))
+    dist = None
+    if args.distributed:  # under torchrun: see README "Multi-GPU / multi-node"
+        from vilg.train import distributed
+
+        dist = distributed.init(args.distributed, cpu_offload=args.cpu_offload)
+    elif args.cpu_offload:
+        raise ValueError("--cpu-offload needs --distributed fsdp")
+    try:
+        t = train_run(
+            preset,
+            args.out,
+            data=args.data,
+            device=args.device,
+            seed=args.seed,
+            stages=stages,
+            dist=dist,
+        )
+    finally:
+        if dist is not None:
+            distributed.shutdown()
+    if dist is None or dist.is_main:
+        print(json.dumps({"timings_s": t}, indent=2))
     return 0
 
 
@@ -216,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--device", default="cpu")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument(
+        "--distributed",
+        choices=["ddp", "fsdp"],
+        default=None,
+        help="data-parallel generator training under torchrun (default: one process)",
+    )
+    sp.add_argument(
+        "--cpu-offload", action="store_true", help="fsdp: keep parameters and optimizer on CPU"
+    )
     sp.set_defaults(fn=cmd_train)
 
     sp = sub.add_parser("generate", help="text -> image")

@@ -147,6 +147,13 @@ def save_training_checkpoint(
             atomic_write_json(tmp / fname, obj)
         else:
             atomic_write_bytes(tmp / fname, obj)
+    return publish_checkpoint(stage_dir, step, tmp, keep)
+
+
+def publish_checkpoint(stage_dir: Path, step: int, tmp: Path, keep: int = 2) -> Path:
+    """Rename the complete directory `tmp` to ckpt-<step>, point latest.json at it and drop
+    all but the newest `keep` checkpoints."""
+    name = f"ckpt-{step:08d}"
     final = stage_dir / name
     if final.exists():
         shutil.rmtree(final)
@@ -157,6 +164,11 @@ def save_training_checkpoint(
     for old in ckpts[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_tree(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
 
 
 def latest_checkpoint(stage_dir: str | Path) -> Path | None:
