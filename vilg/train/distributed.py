@@ -42,6 +42,8 @@ def init(mode: str, cpu_offload: bool = False, timeout_min: float = 120.0) -> Di
     """Join the process group described by torchrun's environment variables."""
     if mode not in MODES:
         raise ValueError(f"--distributed must be one of {MODES}, got {mode!r}")
+    if cpu_offload and mode != "fsdp":
+        raise ValueError("CPU offload is an FSDP option (--distributed fsdp)")
     need = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     missing = [k for k in need if k not in os.environ]
     if missing:
@@ -49,8 +51,6 @@ def init(mode: str, cpu_offload: bool = False, timeout_min: float = 120.0) -> Di
             f"--distributed {mode} needs a launcher such as torchrun (missing env {missing}); "
             "e.g. torchrun --nproc-per-node 2 -m vilg train --distributed " + mode
         )
-    if cpu_offload and mode != "fsdp":
-        raise ValueError("CPU offload is an FSDP option (--distributed fsdp)")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
