@@ -192,26 +192,37 @@ def _text(s: dict) -> str:
     return text
 
 
-def write_shards(samples, out_dir, per_shard: int = 1000) -> list[str]:
-    """Write dicts {"__key__", ext: bytes | str | ndarray} as webdataset tar shards
-    out_dir/shard-000000.tar, ... ; ndarrays under an ext ending in .npy are np.save'd."""
+def encode_record(s: dict) -> dict:
+    """A sample for a tar shard: str -> UTF-8, ndarray -> .npy bytes, bytes as they are."""
     import io
+
+    rec = {}
+    for k, v in s.items():
+        if isinstance(v, np.ndarray):
+            buf = io.BytesIO()
+            np.save(buf, v, allow_pickle=False)
+            v = buf.getvalue()
+        elif isinstance(v, str) and k != "__key__":
+            v = v.encode("utf-8")
+        rec[k] = v
+    return rec
+
+
+def shard_writer(out_dir, per_shard: int = 1000):
+    """A webdataset ShardWriter for out_dir/shard-000000.tar, ... (a context manager)."""
     from pathlib import Path
 
     from webdataset import ShardWriter
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with ShardWriter(str(out / "shard-%06d.tar"), maxcount=per_shard, verbose=0) as w:
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return ShardWriter(str(Path(out_dir) / "shard-%06d.tar"), maxcount=per_shard, verbose=0)
+
+
+def write_shards(samples, out_dir, per_shard: int = 1000) -> list[str]:
+    """Write dicts {"__key__", ext: bytes | str | ndarray} as tar shards; their paths."""
+    from pathlib import Path
+
+    with shard_writer(out_dir, per_shard) as w:
         for s in samples:
-            rec = {}
-            for k, v in s.items():
-                if isinstance(v, np.ndarray):
-                    buf = io.BytesIO()
-                    np.save(buf, v, allow_pickle=False)
-                    v = buf.getvalue()
-                elif isinstance(v, str) and k != "__key__":
-                    v = v.encode("utf-8")
-                rec[k] = v
-            w.write(rec)
-    return sorted(str(p) for p in out.glob("shard-*.tar"))
+            w.write(encode_record(s))
+    return sorted(str(p) for p in Path(out_dir).glob("shard-*.tar"))

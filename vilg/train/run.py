@@ -107,6 +107,14 @@ def train_run(
     for s in stages:
         if s not in STAGES:
             raise ValueError(f"unknown stage {s!r}; expected some of {STAGES}")
+    from vilg.train.shards import is_prepared, train_from_prepared
+
+    if is_prepared(data):  # codes prepared by `vilg prepare`: the generator stage streams them
+        if set(stages) - {"vq", "matcher", "generator"} or "generator" not in stages:
+            raise ValueError("prepared shards feed the generator stage only (--stages generator)")
+        return train_from_prepared(
+            preset, out, data, device=device, seed=seed, progress=progress, log=log, dist=dist
+        )
     if dist is not None and not _joined:
         if "end2end" in stages:
             raise ValueError("end2end runs in one process; train it without --distributed")
