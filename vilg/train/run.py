@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from vilg import checkpoint as ckpt
 from vilg.data import shapes
 from vilg.data.pool import Pool, shapes_pool
 from vilg.data.text_tokenizer import TextTokenizer
@@ -27,7 +28,6 @@ from vilg.data.user import user_pool
 from vilg.model.matcher import Matcher, MatcherConfig
 from vilg.model.transformer import GPTConfig, UnifiedTransformer
 from vilg.model.vqgan import VQGAN, VQConfig
-from vilg.train import checkpoint as ckpt
 from vilg.train import distributed as D
 from vilg.train.stages import (
     EndToEndTrainer,

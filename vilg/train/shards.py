@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vilg import checkpoint as ckpt
 from vilg.data import shapes
 from vilg.data import stream as S
 from vilg.data.pool import Pool
 from vilg.data.text_tokenizer import TextTokenizer
 from vilg.model.vqgan import VQGAN, VQConfig
-from vilg.train import checkpoint as ckpt
 from vilg.train import distributed as D
 from vilg.train.stages import GeneratorTrainer
 

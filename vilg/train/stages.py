@@ -12,15 +12,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vilg import checkpoint as ckpt
 from vilg.data import shapes
 from vilg.data.pool import Pool
 from vilg.data.sequences import i2t_batch, pad, t2i_batch, vqa_batch
 from vilg.data.text_tokenizer import TextTokenizer
-from vilg.generate import save_grid
+from vilg.images import save_grid
 from vilg.model.matcher import Matcher
 from vilg.model.transformer import I2T, T2I, VQA, UnifiedTransformer
 from vilg.model.vqgan import VQGAN, code_stats, psnr
-from vilg.train import checkpoint as ckpt
 from vilg.train import distributed as D
 from vilg.train.trainer import TrainConfig, Trainer
 

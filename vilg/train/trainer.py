@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vilg.train import checkpoint as ckpt
+from vilg import checkpoint as ckpt
 from vilg.train import distributed as D
 
 
