@@ -141,3 +141,30 @@ def test_fsdp_checkpoint_resumes_on_two_ranks_and_on_one(runs):
     _close(full, one.model.state_dict())
     # and the optimizer state came along: a fresh optimizer would have diverged further
     assert one.opt.state_dict()["state"][0]["step"] == 6
+
+
+@pytest.mark.slow
+def test_torchrun_trains_a_tiny_run_with_fsdp(tmp_path):
+    """The command line end to end: rank 0 trains the small stages, both ranks the generator."""
+    import os
+    import subprocess
+    import sys
+
+    from spawn_ranks import free_port
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+           "-m", "vilg", "--threads", "1", "train", "--preset", "tiny", "--out", str(out),
+           "--distributed", "fsdp"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    gen = out / "generator"
+    assert (gen / "model.safetensors").exists()
+    assert (gen / "checkpoints" / "ckpt-00000010" / ".metadata").exists()
+    assert (
+        json.loads((gen / "checkpoints" / "ckpt-00000010" / "state.json").read_text())["world_size"]
+        == 2
+    )
+    assert (out / "tokenizer" / "model.safetensors").exists() and (out / "matcher").is_dir()

@@ -7,15 +7,14 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from dist_workers import shard_trainer, train_from_shards
 from PIL import Image
+from spawn_ranks import run_ranks
 
 from vilg.cli import main
 from vilg.data import stream as S
-from vilg.data.text_tokenizer import TextTokenizer
-from vilg.model.transformer import GPTConfig, UnifiedTransformer
 from vilg.train import checkpoint as ckpt
-from vilg.train.shards import ShardGeneratorTrainer, load_image_tokenizer, load_split
-from vilg.train.trainer import TrainConfig
+from vilg.train.shards import load_image_tokenizer, load_split
 
 
 def _png(i):
@@ -81,46 +80,38 @@ def test_prepare_writes_codes_and_counts_corrupt_samples(prepared, capsys):
     assert "already holds prepared shards" in capsys.readouterr().err
 
 
-def _trainer(run, out, shards, **train):
-    tok = TextTokenizer.load(run / "tokenizer.json")
-    info = json.loads((shards / "prepared.json").read_text())
-    torch.manual_seed(0)
-    gen = UnifiedTransformer(
-        GPTConfig(
-            text_vocab=tok.vocab_size,
-            image_vocab=info["codebook_size"],
-            text_len=32,
-            grid=tuple(info["grid"]),
-            n_layer=2,
-            n_head=2,
-            n_embd=32,
-        )  # fmt: skip
-    )
-    cfg = TrainConfig(**{"steps": 6, "batch_size": 4, "lr": 3e-3, "warmup": 1, "ckpt_every": 0,
-                         "progress": False, **train})  # fmt: skip
-    val, val_codes = load_split(shards / "val")
-    tr = ShardGeneratorTrainer(gen, cfg, out, str(shards / "train" / "*.tar"), val, val_codes,
-                               tok, shuffle_buffer=4)  # fmt: skip
-    keys = []
-    take = tr._next_items
-    tr._next_items = lambda: [keys.append(x["sample"]["key"]) or x for x in take()]
-    return tr, keys
-
-
 def test_a_streamed_run_killed_mid_epoch_resumes_at_its_data_position(prepared, tmp_path):
     run, shards = prepared
-    full, seen = _trainer(run, tmp_path / "full", shards)
+    full, seen = shard_trainer(run, tmp_path / "full", shards)
     full.fit()
     # 6 steps of 4 = 24 samples = 2 epochs of 10 and 4 samples of the third
     assert len(seen) == 24 and sorted(seen[:10]) == sorted(seen[10:20]) and len(set(seen)) == 10
-    killed, before = _trainer(run, tmp_path / "killed", shards)
+    killed, before = shard_trainer(run, tmp_path / "killed", shards)
     killed.fit(stop_at=1)  # after 4 of the first epoch's 10 samples
     state = json.loads((tmp_path / "killed/checkpoints/ckpt-00000001/state.json").read_text())
     assert state["extra"]["data_position"] == [0, 4]
-    resumed, after = _trainer(run, tmp_path / "killed", shards)
+    resumed, after = shard_trainer(run, tmp_path / "killed", shards)
     resumed.fit()
     assert before + after == seen  # nothing seen twice, nothing skipped, same order
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     exported = ckpt.load_tensors(tmp_path / "killed" / "model.safetensors")
     assert all(torch.equal(exported[k], a[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_a_streamed_fsdp_run_resumes_on_one_process_at_its_data_position(prepared, tmp_path):
+    """2 ranks take 2 samples each per step; killed after step 2 (8 of the epoch's 10), the
+    run resumes in one process: the epoch's samples are each seen once."""
+    run, shards = prepared
+    out = tmp_path / "run"
+    run_ranks(train_from_shards, 2, "fsdp", run, out, shards, 2)
+    before = [k for r in range(2) for k in json.loads((out / f"keys-{r}.json").read_text())]
+    assert len(before) == len(set(before)) == 8
+    state = json.loads((out / "checkpoints/ckpt-00000002/state.json").read_text())
+    assert state["extra"]["data_position"] == [0, 8] and state["world_size"] == 2
+    one, after = shard_trainer(run, out, shards)
+    one.fit()
+    epoch0 = before + after[:2]
+    assert sorted(epoch0) == sorted(after[2:12])  # the next epoch: the same 10 samples
+    assert len(set(epoch0)) == 10
