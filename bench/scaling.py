@@ -145,6 +145,14 @@ def _rank(rank, world, port, args, result):
         D.shutdown()
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def tokens_per_image(args) -> float:
     """Sequence positions per image of the batch (t2i: text + grid; 0.5 captions and 0.5
     VQA rows: text + grid), with the shapes captions' ~16 tokens as the text length."""
@@ -176,9 +184,6 @@ def main():
 
     from vilg.data.shapes import all_corpus_text
     from vilg.data.text_tokenizer import TextTokenizer
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "model"))
-    from spawn_ranks import free_port
 
     device = torch.device(args.device)
     rows = []

@@ -257,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="data-parallel generator training under torchrun (default: one process)",
     )
     sp.add_argument(
-        "--cpu-offload", action="store_true", help="fsdp: keep parameters and optimizer on CPU"
+        "--cpu-offload",
+        action="store_true",
+        help="fsdp on GPU: parameters and optimizer state in CPU memory",
     )
     sp.set_defaults(fn=cmd_train)
 

@@ -67,6 +67,9 @@ def test_distributed_training_needs_a_launcher(monkeypatch, capsys, tmp_path):
     assert "--distributed fsdp" in capsys.readouterr().err
     with pytest.raises(ValueError, match="CPU offload is an FSDP option"):
         D.init("ddp", cpu_offload=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs CUDA"):
+            D.init("fsdp", cpu_offload=True)
 
 
 # ------------------------------------------------------------------ 2 processes (slow)

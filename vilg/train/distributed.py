@@ -44,6 +44,10 @@ def init(mode: str, cpu_offload: bool = False, timeout_min: float = 120.0) -> Di
         raise ValueError(f"--distributed must be one of {MODES}, got {mode!r}")
     if cpu_offload and mode != "fsdp":
         raise ValueError("CPU offload is an FSDP option (--distributed fsdp)")
+    if cpu_offload and not torch.cuda.is_available():
+        # FSDP2's CPUOffloadPolicy pins host memory for GPU copies (torch 2.13: refused
+        # without an accelerator); on a CPU run everything is on the CPU already
+        raise ValueError("--cpu-offload moves GPU state to the CPU: it needs CUDA")
     need = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     missing = [k for k in need if k not in os.environ]
     if missing:
