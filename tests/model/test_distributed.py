@@ -70,6 +70,11 @@ def test_distributed_training_needs_a_launcher(monkeypatch, capsys, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs CUDA"):
             D.init("fsdp", cpu_offload=True)
+    # a stage whose loss is not split into rank shares would be counted world times over
+    from vilg.train.trainer import TrainConfig, Trainer
+
+    with pytest.raises(ValueError, match="trains in one process"):
+        Trainer(torch.nn.Linear(2, 2), TrainConfig(), tmp_path, dist=D.DistInfo("ddp", 0, 2, 0))
 
 
 # ------------------------------------------------------------------ 2 processes (slow)

@@ -252,6 +252,7 @@ def _check_kind_weights(weights) -> dict | None:
 
 class GeneratorTrainer(Trainer):
     name = "generator"
+    splits_batch_over_ranks = True
 
     def __init__(
         self,

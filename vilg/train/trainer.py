@@ -112,6 +112,9 @@ class Trainer:
     """
 
     name = "stage"
+    # a distributed trainer's `loss` returns this rank's share of the global batch's loss
+    # (see GeneratorTrainer.rank_rows); stages that do not split their batch run in one process
+    splits_batch_over_ranks = False
 
     def __init__(
         self,
@@ -130,6 +133,8 @@ class Trainer:
         precision = resolve_precision(cfg.precision, self.device)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.wrapped = None
+        if dist is not None and not self.splits_batch_over_ranks:
+            raise ValueError(f"the {self.name} stage trains in one process (no --distributed)")
         if dist is not None:
             if dist.mode == "fsdp" and precision == "fp16":
                 raise ValueError("FSDP trains in fp32 or bf16 (no fp16 loss scaling); use bf16")
