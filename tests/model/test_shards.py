@@ -115,3 +115,18 @@ def test_a_streamed_fsdp_run_resumes_on_one_process_at_its_data_position(prepare
     epoch0 = before + after[:2]
     assert sorted(epoch0) == sorted(after[2:12])  # the next epoch: the same 10 samples
     assert len(set(epoch0)) == 10
+
+
+def test_prepare_decodes_in_workers_with_the_same_result(prepared, tmp_path):
+    run, out = prepared
+    out2 = tmp_path / "shards2"
+    raw = str(out.parent / "raw-*.tar")
+    assert main(["prepare", "--run", str(run), "--out", str(out2), "--data", raw,
+                 "--workers", "2", "--per-shard", "4"]) == 0  # fmt: skip
+
+    def read(d):
+        st = S.ShardStream(str(d / "train" / "*.tar"), S.decode_codes, shuffle_buffer=1, epochs=1)
+        return [(x["sample"]["text"], x["sample"]["codes"].tolist()) for x in st]
+
+    assert read(out2) == read(out)
+    assert json.loads((out2 / "prepared.json").read_text())["skipped"] == 3
