@@ -176,3 +176,20 @@ def test_torchrun_trains_a_tiny_run_with_fsdp(tmp_path):
         == 2
     )
     assert (out / "tokenizer" / "model.safetensors").exists() and (out / "matcher").is_dir()
+
+
+@pytest.mark.slow
+def test_one_process_checkpoint_resumes_on_two_fsdp_ranks(runs):
+    """The other way: saved by one process (safetensors), resumed on 2 FSDP ranks, which
+    shard the full weights and optimizer moments (without the moments Adam's next steps
+    would differ far beyond the tolerance)."""
+    root, tok, one, losses = runs
+    out = root / "from-one"
+    _one_process(tok, out, stop_at=3)
+    assert (out / "checkpoints" / "ckpt-00000003" / "optimizer.safetensors").exists()
+    run_ranks(train_generator, 2, "fsdp", tok, out)
+    got = _losses(out, 6)
+    assert len(got) == 3
+    for a, b in zip(got, losses[3:]):
+        assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < TOL for k in a), (a, b)
+    _close(ckpt.load_tensors(out / "model.safetensors"), one.model.state_dict())

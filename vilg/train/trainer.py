@@ -271,6 +271,44 @@ class Trainer:
         set_state_dict(self.model, self.opt, model_state_dict=msd, optim_state_dict=osd)
         return ckpt.load_json(d / "state.json")
 
+    def _load_flat_sharded(self, d: Path, state: dict) -> None:
+        """A single-process checkpoint into a distributed run: every rank reads the full
+        weights and optimizer state and keeps its own shards (the flat format numbers the
+        parameters in optimizer order). The RNG is re-seeded per step in a distributed run."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        def fill(dst, full):  # this rank's part of `full`, shaped like `dst`; no messages
+            if isinstance(dst, DTensor):
+                full = full.to(dst.dtype)
+                return distribute_tensor(full, dst.device_mesh, dst.placements, src_data_rank=None)
+            return full.to(dst.dtype).to(dst.device) if torch.is_tensor(dst) else full
+
+        weights = ckpt.load_tensors(d / "model.safetensors")
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        order = [names[id(p)] for g in self.opt.param_groups for p in g["params"]]
+        flat, meta = ckpt.load_tensors(d / "optimizer.safetensors"), state["optimizer"]
+        full_opt = {order[int(pid)]: dict(st) for pid, st in meta["state"].items()}
+        for key, v in flat.items():
+            pid, k = key.split("/", 1)
+            full_opt.setdefault(order[int(pid)], {})[k] = v
+        msd, osd = get_state_dict(self.model, self.opt)  # the shapes and shardings to fill
+        missing = sorted(set(msd) - set(weights)) + sorted(set(osd["state"]) - set(full_opt))
+        if missing:
+            raise ckpt.CheckpointError(f"{d} does not match this model: missing {missing[:5]}")
+        msd = {k: fill(v, weights[k]) for k, v in msd.items()}
+        osd = {
+            "state": {
+                n: {k: fill(v, full_opt[n][k]) for k, v in st.items()}
+                for n, st in osd["state"].items()
+            },
+            "param_groups": [
+                {**g, "params": own["params"]}
+                for g, own in zip(meta["param_groups"], osd["param_groups"])
+            ],
+        }
+        set_state_dict(self.model, self.opt, model_state_dict=msd, optim_state_dict=osd)
+
     def try_resume(self) -> bool:
         d = ckpt.latest_checkpoint(self.out_dir / "checkpoints")
         if d is None:
@@ -283,17 +321,15 @@ class Trainer:
             self.history = state.get("history", [])
             self.step = int(state["step"])
             return True
-        if self.dist is not None:
-            raise ckpt.CheckpointError(
-                f"{d} is a single-process checkpoint; a distributed run resumes only from "
-                "sharded ones (finish or restart this stage in one process)"
-            )
-        ckpt.load_model_state(self.model, d / "model.safetensors")
         state = ckpt.load_json(d / "state.json")
-        ckpt.optimizer_from_flat(
-            self.opt, ckpt.load_tensors(d / "optimizer.safetensors"), state["optimizer"]
-        )
-        set_rng_state(ckpt.load_tensors(d / "rng.safetensors"), state["rng"])
+        if self.dist is not None:  # a one-process checkpoint: every rank reads it whole
+            self._load_flat_sharded(d, state)
+        else:
+            ckpt.load_model_state(self.model, d / "model.safetensors")
+            ckpt.optimizer_from_flat(
+                self.opt, ckpt.load_tensors(d / "optimizer.safetensors"), state["optimizer"]
+            )
+            set_rng_state(ckpt.load_tensors(d / "rng.safetensors"), state["rng"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.load_extra_state(state.get("extra", {}))
