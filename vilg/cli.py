@@ -1,4 +1,4 @@
-"""The `vilg` command: demo, train, generate, caption, ask, eval, info."""
+"""The `vilg` command: demo, train, prepare, generate, caption, ask, eval, info."""
 
 from __future__ import annotations
 
@@ -50,10 +50,44 @@ def cmd_train(args) -> int:
 
     preset = get_preset(args.preset, args.set)
     stages = args.stages.split(",")
-    t = train_run(
-        preset, args.out, data=args.data, device=args.device, seed=args.seed, stages=stages
+    dist = None
+    if args.distributed:  # under torchrun: see README "Multi-GPU / multi-node"
+        from vilg.train import distributed
+
+        dist = distributed.init(args.distributed, cpu_offload=args.cpu_offload)
+    elif args.cpu_offload:
+        raise ValueError("--cpu-offload needs --distributed fsdp")
+    try:
+        t = train_run(
+            preset,
+            args.out,
+            data=args.data,
+            device=args.device,
+            seed=args.seed,
+            stages=stages,
+            dist=dist,
+        )
+    finally:
+        if dist is not None:
+            distributed.shutdown()
+    if dist is None or dist.is_main:
+        print(json.dumps({"timings_s": t}, indent=2))
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from vilg.train.shards import prepare
+
+    info = prepare(
+        args.run,
+        args.out,
+        args.data,
+        per_shard=args.per_shard,
+        device=args.device,
+        workers=args.workers,
+        seed=args.seed,
     )
-    print(json.dumps({"timings_s": t}, indent=2))
+    print(json.dumps(info, indent=2))
     return 0
 
 
@@ -223,7 +257,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--device", default="cpu")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument(
+        "--distributed",
+        choices=["ddp", "fsdp"],
+        default=None,
+        help="data-parallel generator training under torchrun (default: one process)",
+    )
+    sp.add_argument(
+        "--cpu-offload",
+        action="store_true",
+        help="fsdp on GPU: parameters and optimizer state in CPU memory",
+    )
     sp.set_defaults(fn=cmd_train)
+
+    sp = sub.add_parser(
+        "prepare", help="encode a data source with a run's image tokenizer into code shards"
+    )
+    sp.add_argument("--run", required=True, help="run directory with a trained image tokenizer")
+    sp.add_argument("--out", required=True, help="folder for the shards (train/, val/)")
+    sp.add_argument(
+        "--data", default=None, help="image folder or tar shards glob; default: built-in shapes"
+    )
+    sp.add_argument("--per-shard", type=int, default=1000, help="samples per tar shard")
+    sp.add_argument("--workers", type=int, default=0, help="DataLoader workers that decode")
+    sp.add_argument("--device", default="cpu")
+    sp.add_argument("--seed", type=int, default=0, help="the run's seed (shapes scenes)")
+    sp.set_defaults(fn=cmd_prepare)
 
     sp = sub.add_parser("generate", help="text -> image")
     sp.add_argument("prompt")

@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vilg import checkpoint as ckpt
 from vilg import ops
 from vilg.data.sequences import pad
 from vilg.data.text_tokenizer import PromptError, TextTokenizer
 from vilg.data.user import preprocess
+from vilg.images import save_grid, to_uint8  # noqa: F401 -- callers import them from here
 from vilg.model.matcher import Matcher, MatcherConfig
 from vilg.model.transformer import I2T, T2I, VQA, GPTConfig, UnifiedTransformer
 from vilg.model.vqgan import VQGAN, VQConfig
-from vilg.train import checkpoint as ckpt
 
 
 def _cfg(d: dict, cls):
@@ -265,28 +266,3 @@ class Pipeline:
     def answer(self, images: torch.Tensor, question: str) -> list[str]:
         q = self.tok.encode(question, strict=True)
         return self._decode_text(self.image_codes(images), q, 1, question=True)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[..., 3, S, S] float in [0,1] -> [..., S, S, 3] uint8."""
-    x = (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-    return x.movedim(-3, -1).numpy()
-
-
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 2) -> None:
-    """images [K, 3, S, S] -> PNG grid (nearest upscaled by `scale`)."""
-    from PIL import Image
-
-    arr = to_uint8(images)
-    K, S = arr.shape[0], arr.shape[1]
-    ncol = min(nrow, K)
-    nr = (K + ncol - 1) // ncol
-    grid = np.full((nr * (S + 2), ncol * (S + 2), 3), 40, dtype=np.uint8)
-    for i in range(K):
-        r, c = divmod(i, ncol)
-        grid[r * (S + 2) + 1 : r * (S + 2) + 1 + S, c * (S + 2) + 1 : c * (S + 2) + 1 + S] = arr[i]
-    im = Image.fromarray(grid)
-    if scale > 1:
-        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)

@@ -25,14 +25,6 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small_data():
     """64 train / 16 val shapes scenes at 48 px, a text tokenizer and an untrained small VQ."""
-    from vilg.data.pool import shapes_pool
-    from vilg.data.shapes import all_corpus_text
-    from vilg.data.text_tokenizer import TextTokenizer
-    from vilg.model.vqgan import VQGAN, VQConfig
+    from small_trainer import make_small_data
 
-    torch.manual_seed(0)
-    train = shapes_pool("train", 64, 0, 48)
-    val = shapes_pool("val", 16, 0, 48)
-    tok = TextTokenizer.train(all_corpus_text(0, 200))
-    vq = VQGAN(VQConfig(image_size=48, patch=16, channels=(32,), codebook_size=32, code_dim=8))
-    return train, val, tok, vq
+    return make_small_data()

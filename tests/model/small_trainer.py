@@ -8,6 +8,30 @@ from vilg.train.stages import EndToEndTrainer, GeneratorTrainer, encode_pool
 from vilg.train.trainer import TrainConfig
 
 
+def make_small_data(tok_path=None):
+    """64 train / 16 val shapes scenes at 48 px, a text tokenizer and an untrained small VQ.
+    The tokenizer's training is not reproducible across processes (its vocabulary size can
+    differ): processes that must agree share one through `tok_path` (trained if missing)."""
+    from pathlib import Path
+
+    from vilg.data.pool import shapes_pool
+    from vilg.data.shapes import all_corpus_text
+    from vilg.data.text_tokenizer import TextTokenizer
+    from vilg.model.vqgan import VQConfig
+
+    torch.manual_seed(0)
+    train = shapes_pool("train", 64, 0, 48)
+    val = shapes_pool("val", 16, 0, 48)
+    if tok_path is not None and Path(tok_path).exists():
+        tok = TextTokenizer.load(tok_path)
+    else:
+        tok = TextTokenizer.train(all_corpus_text(0, 200))
+        if tok_path is not None:
+            tok.save(tok_path)
+    vq = VQGAN(VQConfig(image_size=48, patch=16, channels=(32,), codebook_size=32, code_dim=8))
+    return train, val, tok, vq
+
+
 def gen_trainer(data, out, end_to_end=False, dropout=None, train=None, **tasks):
     """`data` is the `small_data` fixture; end_to_end adds the z head and fine-tunes a decoder
     copy; `train` overrides TrainConfig fields, `tasks` the task mix."""

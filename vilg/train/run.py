@@ -7,6 +7,10 @@
 
 Each stage writes model.safetensors + config.json when it finishes and is then skipped on a
 re-run; an interrupted stage resumes from its last checkpoint.
+
+With `dist` (under torchrun) the generator trains data-parallel on every rank; the small
+stages (text tokenizer, image tokenizer, matcher) are trained by rank 0 alone while the
+others wait, then every rank reads them back.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from vilg import checkpoint as ckpt
 from vilg.data import shapes
 from vilg.data.pool import Pool, shapes_pool
 from vilg.data.text_tokenizer import TextTokenizer
@@ -23,7 +28,7 @@ from vilg.data.user import user_pool
 from vilg.model.matcher import Matcher, MatcherConfig
 from vilg.model.transformer import GPTConfig, UnifiedTransformer
 from vilg.model.vqgan import VQGAN, VQConfig
-from vilg.train import checkpoint as ckpt
+from vilg.train import distributed as D
 from vilg.train.stages import (
     EndToEndTrainer,
     GeneratorTrainer,
@@ -95,12 +100,58 @@ def train_run(
     stages=("vq", "matcher", "generator"),
     progress: bool = True,
     log=print,
+    dist: D.DistInfo | None = None,
+    _joined: bool = False,
 ) -> dict:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     for s in stages:
         if s not in STAGES:
             raise ValueError(f"unknown stage {s!r}; expected some of {STAGES}")
+    from vilg.train.shards import is_prepared, train_from_prepared
+
+    if is_prepared(data):  # codes prepared by `vilg prepare`: the generator stage streams them
+        if set(stages) - {"vq", "matcher", "generator"} or "generator" not in stages:
+            raise ValueError("prepared shards feed the generator stage only (--stages generator)")
+        return train_from_prepared(
+            preset, out, data, device=device, seed=seed, progress=progress, log=log, dist=dist
+        )
+    if dist is not None and not _joined:
+        if "end2end" in stages:
+            raise ValueError("end2end runs in one process; train it without --distributed")
+        timings = {}
+        if dist.is_main:  # rank 0 prepares the run (small stages) while the others wait
+            small = tuple(s for s in stages if s != "generator")
+            timings = train_run(
+                preset,
+                out,
+                data=data,
+                device=device,
+                seed=seed,
+                stages=small,
+                progress=progress,
+                log=log,
+            )
+        D.barrier()
+        if "generator" not in stages:
+            return timings
+        if not dist.is_main:
+            progress, log = False, lambda *a: None
+        return {
+            **timings,
+            **train_run(
+                preset,
+                out,
+                data=data,
+                device=device,
+                seed=seed,
+                stages=("generator",),
+                progress=progress,
+                log=log,
+                dist=dist,
+                _joined=True,
+            ),
+        }
+    out.mkdir(parents=True, exist_ok=True)
     old = out / "preset.json"
     if old.exists():
         prev = ckpt.load_json(old)
@@ -111,7 +162,8 @@ def train_run(
             raise ckpt.CheckpointError(
                 f"{out} was trained with a different recipe; use another --out directory"
             )
-    ckpt.atomic_write_json(old, {**preset, "data_source": data})
+    if dist is None or dist.is_main:
+        ckpt.atomic_write_json(old, {**preset, "data_source": data})
     timings: dict = {}
     t0 = time.perf_counter()
     train, val = build_pools(preset, data, seed)
@@ -202,10 +254,12 @@ def train_run(
             val_codes,
             tok,
             vq=image_vq,
-            device=dev,
+            device=D.device_for(dist, dev),
             **preset["generator"].get("tasks", {}),  # task mix: vqa_frac, vqa_weight, ...
+            **({"dist": dist} if dist is not None else {}),
         ).fit()
         timings[stage] = round(time.perf_counter() - t, 1)
     timings["total"] = round(time.perf_counter() - t0, 1)
-    ckpt.atomic_write_json(out / "timings.json", timings)
+    if dist is None or dist.is_main:
+        ckpt.atomic_write_json(out / "timings.json", timings)
     return timings

@@ -12,15 +12,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vilg import checkpoint as ckpt
 from vilg.data import shapes
 from vilg.data.pool import Pool
 from vilg.data.sequences import i2t_batch, pad, t2i_batch, vqa_batch
 from vilg.data.text_tokenizer import TextTokenizer
-from vilg.generate import save_grid
+from vilg.images import save_grid
 from vilg.model.matcher import Matcher
 from vilg.model.transformer import I2T, T2I, VQA, UnifiedTransformer
 from vilg.model.vqgan import VQGAN, code_stats, psnr
-from vilg.train import checkpoint as ckpt
+from vilg.train import distributed as D
 from vilg.train.trainer import TrainConfig, Trainer
 
 
@@ -251,6 +252,7 @@ def _check_kind_weights(weights) -> dict | None:
 
 class GeneratorTrainer(Trainer):
     name = "generator"
+    splits_batch_over_ranks = True
 
     def __init__(
         self,
@@ -271,6 +273,7 @@ class GeneratorTrainer(Trainer):
         kind_weights: dict | None = None,
         vqa_weight: float = 1.0,
         schedule: list | None = None,
+        dist: D.DistInfo | None = None,
     ):
         self.pool, self.codes, self.val, self.val_codes, self.tok = pool, codes, val, val_codes, tok
         self.vq = vq  # only for sample grids
@@ -285,7 +288,7 @@ class GeneratorTrainer(Trainer):
         # an answer is 1-2 tokens against a caption's ~15: weight each answer token this much
         self.vqa_weight = vqa_weight
         self.cap_ids = {lang: [tok.encode(t) for t in caps] for lang, caps in pool.texts.items()}
-        super().__init__(model, cfg, out_dir, device)
+        super().__init__(model, cfg, out_dir, device, dist)
 
     def model_config(self):
         return {"kind": "generator", **self.model.cfg.to_dict()}
@@ -352,7 +355,30 @@ class GeneratorTrainer(Trainer):
             lg,
         )
 
-    def stream_losses(self, t2i, cap, vqa):
+    def rank_rows(self, t2i, cap, vqa):
+        """This rank's rows of each stream of the global batch, and the global counts that
+        normalise its loss share (every rank builds the same global batch)."""
+        norm = {
+            "img": 0 if t2i is None else t2i["target"].numel(),
+            "cap": 0 if cap is None else int(cap["mask"].sum()),
+            "vqa": 0 if vqa is None else int(vqa["mask"].sum()),
+        }
+        out = []
+        for b in (t2i, cap, vqa):
+            if b is not None:
+                n = len(b["target"])
+                if n < self.dist.world:  # every rank must run the same forwards (FSDP)
+                    raise ValueError(
+                        f"a stream of {n} rows cannot be split over {self.dist.world} ranks; "
+                        "raise batch_size"
+                    )
+                b = {k: v[D.rows(n, self.dist)] for k, v in b.items()}
+            out.append(b)
+        return out, norm
+
+    def stream_losses(self, t2i, cap, vqa, norm: dict | None = None):
+        """norm (distributed): global target counts per stream; the losses are then this
+        rank's shares (its sums over the global counts), which add up over the ranks."""
         m = self.model
         l_img, lg, hi = None, None, None
         if t2i is not None:
@@ -360,9 +386,15 @@ class GeneratorTrainer(Trainer):
             h = m(T2I, t2i["text"], t2i["image_in"], t2i["text_lens"])
             _, hi = m.split(T2I, h, t2i["text"].shape[1])
             lg = m.image_logits(hi)
-            l_img = F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), t2i["target"].reshape(-1))
+            flat = (lg.reshape(-1, lg.shape[-1]).float(), t2i["target"].reshape(-1))
+            if norm is None:
+                l_img = F.cross_entropy(*flat)
+            else:
+                l_img = F.cross_entropy(*flat, reduction="sum") / norm["img"]
         s_cap, n_cap, lg_cap = self._text_stream(cap) if cap is not None else (0.0, 0, None)
         s_vqa, n_vqa, lg_vqa = self._text_stream(vqa) if vqa is not None else (0.0, 0, None)
+        if norm is not None:
+            n_cap, n_vqa = norm["cap"], norm["vqa"]
         # one weighted mean over every target text token of both streams (measured better for
         # captions than a separate mean per stream)
         w = self.vqa_weight
@@ -389,7 +421,10 @@ class GeneratorTrainer(Trainer):
         idx, rng = _indices(self.cfg.seed, step, micro, len(self.pool), self.cfg.batch_size)
         fracs = self.fracs_at(step)
         batches = self.make_batches(self.pool, self.codes, self.cap_ids, idx, rng, fracs=fracs)
-        r = self.stream_losses(*batches)
+        norm = None
+        if self.dist is not None:
+            batches, norm = self.rank_rows(*batches)
+        r = self.stream_losses(*batches, norm=norm)
         logs = {k: r[k].detach() for k in ("img", "cap", "vqa") if r[k] is not None}
         return r, logs, len(idx)
 
@@ -424,7 +459,8 @@ class GeneratorTrainer(Trainer):
         if vqa is not None:
             out["val_vqa_loss"] = round(r["vqa"].item(), 4)
             out["tf_vqa_exact"] = exact(r["lg_vqa"], vqa)
-        if self.vq is not None and t2i is not None:  # grid: teacher-forced codes of 8 prompts
+        if self.vq is not None and t2i is not None and self.is_main:
+            # grid: teacher-forced codes of 8 prompts
             H, W = self.model.cfg.grid
             codes = r["lg_img"][:8].argmax(-1).view(-1, H, W).to(self.device)
             save_grid(
@@ -458,6 +494,8 @@ class EndToEndTrainer(GeneratorTrainer):
     ):
         if model.z_head is None:
             raise ValueError("end-to-end training needs a generator built with code_dim > 0")
+        if kw.get("dist") is not None:  # the fine-tuned decoder sits outside the wrapped model
+            raise ValueError("end-to-end training runs in one process (no --distributed yet)")
         self.recon_weight = recon_weight
         super().__init__(model, cfg, out_dir, pool, codes, val, val_codes, tok, vq=vq, **kw)
         if any(f[0] == 0 for f in [self.fracs] + [f for _, f in self.schedule]):

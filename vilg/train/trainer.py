@@ -6,6 +6,11 @@ cosine LR with linear warm-up, a progress bar with loss and throughput, periodic
 and atomic checkpoints that resume exactly: model, optimizer, LR step, torch / numpy / python
 RNG states and the data position (batches are a pure function of (seed, step), so the step
 is the data position).
+
+Under `torchrun` (`dist` set, see vilg/train/distributed.py) the same loop runs data-parallel
+with DDP or FSDP2: each rank computes its rows of the global batch, checkpoints are sharded
+`torch.distributed.checkpoint` directories that load on any number of processes, and the
+torch RNG is re-seeded every step from (seed, step, rank) so that it needs no saved state.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vilg.train import checkpoint as ckpt
+from vilg import checkpoint as ckpt
+from vilg.train import distributed as D
 
 
 @dataclass
@@ -106,6 +112,9 @@ class Trainer:
     """
 
     name = "stage"
+    # a distributed trainer's `loss` returns this rank's share of the global batch's loss
+    # (see GeneratorTrainer.rank_rows); stages that do not split their batch run in one process
+    splits_batch_over_ranks = False
 
     def __init__(
         self,
@@ -113,18 +122,31 @@ class Trainer:
         cfg: TrainConfig,
         out_dir: str | Path,
         device: str | torch.device = "cpu",
+        dist: D.DistInfo | None = None,
     ):
-        self.model, self.cfg = model, cfg
+        self.model, self.cfg, self.dist = model, cfg, dist
         self.out_dir = Path(out_dir)
         self.device = torch.device(device)
         self.model.to(self.device)
         if cfg.grad_checkpointing and hasattr(model, "grad_checkpointing"):
             model.grad_checkpointing = True
-        self.opt = self.make_optimizer()
         precision = resolve_precision(cfg.precision, self.device)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.wrapped = None
+        if dist is not None and not self.splits_batch_over_ranks:
+            raise ValueError(f"the {self.name} stage trains in one process (no --distributed)")
+        if dist is not None:
+            if dist.mode == "fsdp" and precision == "fp16":
+                raise ValueError("FSDP trains in fp32 or bf16 (no fp16 loss scaling); use bf16")
+            # FSDP casts parameters to bf16 itself (fp32 master weights, fp32 reduction)
+            fsdp_bf16 = dist.mode == "fsdp" and precision == "bf16"
+            self.wrapped = D.wrap(model, dist, torch.bfloat16 if fsdp_bf16 else None)
+            if fsdp_bf16:
+                self.amp_dtype = None
+        self.opt = self.make_optimizer()  # after wrapping: FSDP's parameters are shards
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.step = 0
+        self.last_logs: dict = {}  # the last step's losses (summed over the ranks)
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ hooks
@@ -171,9 +193,16 @@ class Trainer:
     def after_step(self, step: int) -> None:
         pass
 
+    @property
+    def is_main(self) -> bool:
+        """The process that writes files shared by all ranks (logs, samples, exports)."""
+        return self.dist is None or self.dist.is_main
+
     # ------------------------------------------------------------------ checkpoints
 
     def save(self) -> Path:
+        if self.dist is not None:
+            return self._save_sharded()
         opt_t, opt_m = ckpt.optimizer_to_flat(self.opt)
         rng_t, rng_m = rng_state()
         state = {
@@ -197,16 +226,110 @@ class Trainer:
             self.out_dir / "checkpoints", self.step, files, keep=self.cfg.keep
         )
 
+    def _save_sharded(self) -> Path:
+        """Every rank writes its shards (torch.distributed.checkpoint) into a temporary
+        directory; rank 0 adds state.json and publishes it like a single-process one."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        stage_dir = self.out_dir / "checkpoints"
+        tmp = stage_dir / f".ckpt-{self.step:08d}.partial"
+        if self.is_main:
+            ckpt.remove_tree(tmp)
+            tmp.mkdir(parents=True)
+        D.barrier()
+        msd, osd = get_state_dict(self.model, self.opt)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)
+        final = stage_dir / f"ckpt-{self.step:08d}"
+        if self.is_main:
+            state = {
+                "format": "torch.distributed.checkpoint",
+                "step": self.step,
+                "world_size": self.dist.world,
+                "scaler": self.scaler.state_dict(),
+                "extra": self.extra_state(),
+                "train_config": asdict(self.cfg),
+                "history": self.history,
+            }
+            ckpt.atomic_write_json(tmp / "state.json", state)
+            ckpt.atomic_write_json(tmp / "config.json", self.model_config())
+            final = ckpt.publish_checkpoint(stage_dir, self.step, tmp, keep=self.cfg.keep)
+        D.barrier()
+        return final
+
+    def _load_sharded(self, d: Path) -> dict:
+        """A sharded checkpoint, saved on any number of ranks, into this model + optimizer
+        (resharded to this run's ranks; without a process group, into one process)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        msd, osd = get_state_dict(self.model, self.opt)
+        try:
+            dcp.load({"model": msd, "optim": osd}, checkpoint_id=d)
+        except Exception as e:  # a missing / foreign shard: say which checkpoint
+            raise ckpt.CheckpointError(f"cannot load sharded checkpoint {d}: {e}") from e
+        set_state_dict(self.model, self.opt, model_state_dict=msd, optim_state_dict=osd)
+        return ckpt.load_json(d / "state.json")
+
+    def _load_flat_sharded(self, d: Path, state: dict) -> None:
+        """A single-process checkpoint into a distributed run: every rank reads the full
+        weights and optimizer state and keeps its own shards (the flat format numbers the
+        parameters in optimizer order). The RNG is re-seeded per step in a distributed run."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        def fill(dst, full):  # this rank's part of `full`, shaped like `dst`; no messages
+            if isinstance(dst, DTensor):
+                full = full.to(dst.dtype)
+                return distribute_tensor(full, dst.device_mesh, dst.placements, src_data_rank=None)
+            return full.to(dst.dtype).to(dst.device) if torch.is_tensor(dst) else full
+
+        weights = ckpt.load_tensors(d / "model.safetensors")
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        order = [names[id(p)] for g in self.opt.param_groups for p in g["params"]]
+        flat, meta = ckpt.load_tensors(d / "optimizer.safetensors"), state["optimizer"]
+        full_opt = {order[int(pid)]: dict(st) for pid, st in meta["state"].items()}
+        for key, v in flat.items():
+            pid, k = key.split("/", 1)
+            full_opt.setdefault(order[int(pid)], {})[k] = v
+        msd, osd = get_state_dict(self.model, self.opt)  # the shapes and shardings to fill
+        missing = sorted(set(msd) - set(weights)) + sorted(set(osd["state"]) - set(full_opt))
+        if missing:
+            raise ckpt.CheckpointError(f"{d} does not match this model: missing {missing[:5]}")
+        msd = {k: fill(v, weights[k]) for k, v in msd.items()}
+        osd = {
+            "state": {
+                n: {k: fill(v, full_opt[n][k]) for k, v in st.items()}
+                for n, st in osd["state"].items()
+            },
+            "param_groups": [
+                {**g, "params": own["params"]}
+                for g, own in zip(meta["param_groups"], osd["param_groups"])
+            ],
+        }
+        set_state_dict(self.model, self.opt, model_state_dict=msd, optim_state_dict=osd)
+
     def try_resume(self) -> bool:
         d = ckpt.latest_checkpoint(self.out_dir / "checkpoints")
         if d is None:
             return False
-        ckpt.load_model_state(self.model, d / "model.safetensors")
+        if (d / ".metadata").exists():
+            state = self._load_sharded(d)
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.load_extra_state(state.get("extra", {}))
+            self.history = state.get("history", [])
+            self.step = int(state["step"])
+            return True
         state = ckpt.load_json(d / "state.json")
-        ckpt.optimizer_from_flat(
-            self.opt, ckpt.load_tensors(d / "optimizer.safetensors"), state["optimizer"]
-        )
-        set_rng_state(ckpt.load_tensors(d / "rng.safetensors"), state["rng"])
+        if self.dist is not None:  # a one-process checkpoint: every rank reads it whole
+            self._load_flat_sharded(d, state)
+        else:
+            ckpt.load_model_state(self.model, d / "model.safetensors")
+            ckpt.optimizer_from_flat(
+                self.opt, ckpt.load_tensors(d / "optimizer.safetensors"), state["optimizer"]
+            )
+            set_rng_state(ckpt.load_tensors(d / "rng.safetensors"), state["rng"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.load_extra_state(state.get("extra", {}))
@@ -217,6 +340,20 @@ class Trainer:
 
     def export(self) -> None:
         """Final weights + config for inference (atomic)."""
+        if self.dist is not None:  # gather the full weights (collective), rank 0 writes them
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+            )
+
+            full = get_model_state_dict(
+                self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+            if self.is_main:
+                ckpt.save_tensors(self.out_dir / "model.safetensors", full)
+                ckpt.atomic_write_json(self.out_dir / "config.json", self.model_config())
+            D.barrier()
+            return
         ckpt.save_tensors(self.out_dir / "model.safetensors", self.model.state_dict())
         ckpt.atomic_write_json(self.out_dir / "config.json", self.model_config())
 
@@ -245,15 +382,24 @@ class Trainer:
                 g["lr"] = lr
             self.opt.zero_grad(set_to_none=True)
             logs_acc: dict = {}
+            if self.dist is not None:  # dropout etc.: a stream that any world size restores
+                seq = np.random.SeedSequence([cfg.seed, self.step, self.dist.rank])
+                torch.manual_seed(int(seq.generate_state(1, np.uint64)[0]) % 2**63)
             for micro in range(cfg.grad_accum):
-                with torch.autocast(
-                    self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
-                ):
-                    loss, logs, n = self.loss(self.step, micro)
-                self.scaler.scale(loss / cfg.grad_accum).backward()
+                if self.dist is None:
+                    with torch.autocast(
+                        self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+                    ):
+                        loss, logs, n = self.loss(self.step, micro)
+                    self.scaler.scale(loss / cfg.grad_accum).backward()
+                else:
+                    loss, logs, n = self._dist_micro(micro)
                 seen += n
                 for k, v in logs.items():
                     logs_acc[k] = logs_acc.get(k, 0.0) + float(v) / cfg.grad_accum
+            if self.dist is not None:  # each rank logged its share: the sums are the losses
+                logs_acc = D.all_sum(logs_acc)
+            self.last_logs = logs_acc
             if cfg.clip > 0:
                 self.scaler.unscale_(self.opt)
                 torch.nn.utils.clip_grad_norm_(self.parameters(), cfg.clip)
@@ -287,12 +433,32 @@ class Trainer:
         self.export()
         return self.history
 
+    def _dist_micro(self, micro: int):
+        """One micro-batch on this rank: its share of the global loss (see `loss`), scaled by
+        the world size because DDP / FSDP average the ranks' gradients."""
+        last = micro == self.cfg.grad_accum - 1
+        with D.set_grad_sync(self.wrapped, self.dist, last):
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+            ):
+                loss, logs, n = self.wrapped(self.loss, self.step, micro)
+            self.scaler.scale(loss * (self.dist.world / self.cfg.grad_accum)).backward()
+        return loss, logs, n
+
     def _log_eval(self) -> None:
         self.model.eval()
         with torch.no_grad():
-            res = {"step": self.step, **self.evaluate()}
+            # distributed: every rank evaluates (the forward gathers shards), rank 0 logs
+            res = {
+                "step": self.step,
+                **(self.evaluate() if self.wrapped is None else self.wrapped(self.evaluate)),
+            }
+        if self.dist is not None and self.dist.mode == "fsdp":
+            self.wrapped.reshard()  # a forward without backward leaves the root unsharded
         self.model.train()
         self.history.append(res)
+        if not self.is_main:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / "eval.jsonl", "a") as f:
             f.write(json.dumps(res) + "\n")
