@@ -21,6 +21,7 @@ from tests_support import ROOT
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.xdist_group("wheel"),  # one worker, one venv (CI: -n 2 --dist loadgroup)
     pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the cp311 wheel needs Python 3.11"),
     pytest.mark.skipif(shutil.which("readelf") is None, reason="needs binutils"),
 ]
