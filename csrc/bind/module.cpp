@@ -26,6 +26,7 @@ namespace {
 py::dict build_info() {
   py::dict d;
   d["version"] = VILG_VERSION;
+  d["build_kind"] = std::string(VILG_BUILD_KIND);  // wheel, editable, ...
   d["cxx_compiler"] = std::string(VILG_CXX_COMPILER);
 #ifdef _OPENMP
   d["openmp"] = true;
@@ -36,12 +37,20 @@ py::dict build_info() {
 #ifdef VILG_WITH_CUDA
   d["cuda"] = true;
   d["cuda_archs"] = std::string(VILG_CUDA_ARCHS);
+  d["cuda_ptx"] = std::string(VILG_CUDA_PTX);
   d["cuda_compiler"] = cuda::compiler_version();
-  d["cuda_runtime"] = cuda::runtime_version();
+  d["cuda_runtime"] = cuda::runtime_version() + " (static)";
+  d["cuda_min_driver"] = cuda::min_driver();
+  const int drv = cuda::driver_version();
+  d["cuda_driver"] = drv ? std::to_string(drv / 1000) + "." + std::to_string(drv % 1000 / 10)
+                         : std::string("none");
+  d["cuda_driver_release"] = cuda::driver_release();
+  d["cuda_driver_problem"] = cuda::driver_problem();
   d["cuda_devices"] = cuda::device_count();
 #else
   d["cuda"] = false;
   d["cuda_archs"] = std::string();
+  d["cuda_ptx"] = std::string();
   d["cuda_devices"] = 0;
 #endif
   py::list kernels;
@@ -71,5 +80,11 @@ PYBIND11_MODULE(_C, m) {
       .def_readonly("strides", &TensorRef::strides)
       .def_readonly("device", &TensorRef::device);
   m.def("build_info", &vilg::build_info);
+  // Raises RuntimeError naming the driver found and the one needed when CUDA kernels cannot run.
+  m.def("cuda_require_driver", [] {
+#ifdef VILG_WITH_CUDA
+    vilg::cuda::require_driver();
+#endif
+  });
   for (auto b : vilg::binders()) b(m);
 }

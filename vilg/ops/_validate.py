@@ -57,6 +57,15 @@ def cuda_built() -> None:
             "got CUDA tensors, but this build of vilg has no CUDA kernels: reinstall with nvcc "
             "on the PATH (see README, 'Building')"
         )
+    _require_driver()
+
+
+@functools.cache
+def _require_driver() -> None:
+    # the driver must be new enough for the CUDA runtime vilg was built with (cached once it is)
+    from vilg._ext import C
+
+    C().cuda_require_driver()
 
 
 def text_lens(
