@@ -76,9 +76,14 @@ def plot_roofline(paths: list[Path], out: Path) -> None:
         grid = sorted({lo, hi, ridge} | {lo * (hi / lo) ** (k / 50) for k in range(51)})
         roof = [min(lim["gemm_gflops"], x * lim["copy_gbs"]) for x in grid]
         line = ax.plot(grid, roof, lw=1.2, label=f"roof: {label} ({pts[0]['device_name']})")[0]
+        last = i == len(paths) - 1  # earlier files (a "before") as hollow, unlabelled points
         for d in pts:
             x, y = d["intensity_flop_per_byte"], d["gflops_useful"]
-            ax.scatter(x, y, color=line.get_color(), marker=markers[i % len(markers)], s=28)
+            color = line.get_color()
+            face = color if last else "none"
+            ax.scatter(x, y, edgecolors=color, facecolors=face, marker=markers[i % 7], s=28)
+            if not last:
+                continue
             ax.annotate(
                 f"{_point_label(d)} {d['pct_of_roofline']:.0f}%",
                 (x, y),
