@@ -29,6 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_name, print_table, write_results  # noqa: E402
 
+from vilg.train.distributed import free_port, local_rank_env  # noqa: E402
+
 # generator shapes: the presets' own, and ERNIE-ViLG's 300M end-to-end experiment
 # (24 layers, 1024 wide, 16 heads, a 32x32 token grid) defined here, not as a preset
 SHAPES = {
@@ -121,13 +123,7 @@ Timed = None
 
 def _rank(rank, world, port, args, result):
     global Timed
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
+    local_rank_env(rank, world, port)
     torch.set_num_threads(args.threads)
     from vilg.train import distributed as D
 
@@ -143,14 +139,6 @@ def _rank(rank, world, port, args, result):
                 Path(result).write_text(json.dumps({"seconds": t, "params": n_params}))
     finally:
         D.shutdown()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tokens_per_image(args) -> float:

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 
 import torch
 import torch.multiprocessing as mp
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from vilg.train.distributed import free_port, local_rank_env
 
 
 def _entry(rank, fn, world, port, mode, args):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
+    local_rank_env(rank, world, port)
     torch.set_num_threads(1)
     from vilg.train import distributed as D
 

@@ -158,7 +158,7 @@ def test_torchrun_trains_a_tiny_run_with_fsdp(tmp_path):
     import subprocess
     import sys
 
-    from spawn_ranks import free_port
+    from vilg.train.distributed import free_port
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",

@@ -38,6 +38,27 @@ class DistInfo:
         return self.rank == 0
 
 
+def free_port() -> int:
+    """A free TCP port on loopback, for a rendezvous of processes on this machine."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_rank_env(rank: int, world: int, port: int) -> None:
+    """The environment torchrun gives rank `rank` of `world` processes on one machine
+    (rendezvous on loopback), for workers spawned by tests and benchmarks."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+
+
 def init(mode: str, cpu_offload: bool = False, timeout_min: float = 120.0) -> DistInfo:
     """Join the process group described by torchrun's environment variables."""
     if mode not in MODES:
