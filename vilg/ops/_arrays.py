@@ -15,6 +15,8 @@ def _kind(x) -> str | None:
 def accepts_arrays(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if torch.compiler.is_compiling():  # the type inspection below is not traceable
+            return fn(*args, **kwargs)
         kinds = set()
 
         def to_torch(x):

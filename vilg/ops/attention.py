@@ -139,6 +139,7 @@ def _grouped(run, q, k, v, g: int):
     return o, lse
 
 
+@accepts_arrays
 def sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -165,23 +166,6 @@ def sparse_attention(
     [batch, heads, seq] (-inf for a query with no allowed key, whose output is 0).
     Works under torch.compile(fullgraph=True).
     """
-    kw = dict(scale=scale, text_lens=text_lens, key_lens=key_lens, return_lse=return_lse)
-    if torch.compiler.is_compiling():  # the array bridge inspects types dynamo cannot trace
-        return _sparse_attention(q, k, v, layout, **kw)
-    return _sparse_attention_arrays(q, k, v, layout, **kw)
-
-
-def _sparse_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    layout: Layout,
-    *,
-    scale: float | None = None,
-    text_lens: torch.Tensor | None = None,
-    key_lens: torch.Tensor | None = None,
-    return_lse: bool = False,
-):
     g = _validate.attention(q, k, v, layout)
     B = q.shape[0]
     if scale is None:  # int(): the head dim is static even under dynamic shapes
@@ -205,6 +189,3 @@ def _sparse_attention(
 
     o, lse = run(q, k, v) if g == 1 else _grouped(run, q, k, v, g)
     return (o, lse) if return_lse else o
-
-
-_sparse_attention_arrays = accepts_arrays(_sparse_attention)
