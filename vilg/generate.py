@@ -19,6 +19,7 @@ from vilg.data.text_tokenizer import PromptError, TextTokenizer
 from vilg.data.user import preprocess
 from vilg.images import save_grid, to_uint8  # noqa: F401 -- callers import them from here
 from vilg.model.matcher import Matcher, MatcherConfig
+from vilg.model.stepper import Stepper
 from vilg.model.transformer import I2T, T2I, VQA, GPTConfig, UnifiedTransformer
 from vilg.model.vqgan import VQGAN, VQConfig
 
@@ -127,9 +128,11 @@ class Pipeline:
         cfg_scale: float = 1.0,
         seed: int = 0,
         rerank: bool = True,
+        step_mode: str = "auto",
     ) -> dict:
         """Returns images [P, n, 3, S, S] (reranked best-first when a matcher exists),
-        codes [P, n, H*W] and matcher scores [P, n]."""
+        codes [P, n, H*W] and matcher scores [P, n]. step_mode: how each decoding step runs
+        (vilg.model.stepper: "auto" = a CUDA graph on a GPU, eager on the CPU; "compile")."""
         ids = [self.encode_prompt(p) for p in prompts]
         P, dev, m = len(prompts), self.device, self.gen
         rows = [[self.tok.bos_id] + i for i in ids for _ in range(n)]
@@ -140,18 +143,19 @@ class Pipeline:
         text, lens = text.to(dev), lens.to(dev)
         B, T, N = len(rows), text.shape[1], m.cfg.n_image
         caches = m.new_caches(B, T + N, dev)
-        dummy = torch.full((B, N), m.boi, dtype=torch.long, device=dev)
-        h = m(T2I, text, dummy, lens, caches=caches)[:, T]  # hidden at the BOI position
+        boi = torch.full((B, 1), m.boi, dtype=torch.long, device=dev)
+        h = m(T2I, text, boi, lens, caches=caches)[:, T]  # [text | BOI] is all a prefill needs
         codes, hidden = [], []
         half = P * n
         # codes the tokenizer never emits were never targets: never sample them (a large
         # finite value, not -inf, keeps the guidance mix cond - uncond finite)
         banned = ~self.vq.quantizer.live.to(dev)
+        stepper = Stepper(m, T2I, T, caches, lens, mode=step_mode)
         for j in range(N):
             if j > 0:
                 tok_in = codes[-1].repeat(2) if guided else codes[-1]
-                h = m.step(T2I, tok_in, T + j, T, caches, lens)
-            hidden.append(h[:half])
+                h = stepper(tok_in, T + j)
+            hidden.append(h[:half].clone() if self.end_to_end else None)
             logits = m.image_logits(h).float().masked_fill(banned, -1e9)
             c = ops.sample(
                 logits[:half],
@@ -228,6 +232,7 @@ class Pipeline:
         else:
             direction, src_len, pos = I2T, T, N + len(prefix) - 1
             h = m(I2T, text, codes, None, caches=caches)[:, -1]
+        stepper = Stepper(m, direction, src_len, caches)
         out = torch.zeros(B * k, 0, dtype=torch.long, device=dev)
         score = torch.zeros(B, k, device=dev)
         score[:, 1:] = -1e9  # all beams start identical: keep one alive at first
@@ -256,7 +261,7 @@ class Pipeline:
             pos += 1
             if bool(done.all()) or pos >= N + T:
                 break
-            h = m.step(direction, nxt, pos, src_len, caches)
+            h = stepper(nxt, pos)
         best = out.view(B, k, -1)[:, 0] if k > 1 else out
         return [self.tok.decode(r.tolist()) for r in best]
 

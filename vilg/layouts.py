@@ -146,7 +146,7 @@ class Layout:
                 torch.set_num_threads(threads)
         self._cpu_arrays = tuple(self._arrays[n] for n in self._KERNEL_NAMES)
         self._device_cache: dict[torch.device, tuple] = {}
-        self._keys_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._keys_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -340,14 +340,36 @@ class Layout:
         """Sequence positions (int32, ascending) that query `pos` may attend."""
         if not 0 <= pos < self.seq_len:
             raise ValueError(f"position {pos} outside the sequence of length {self.seq_len}")
+        ptr = self.query_keys()[0]  # offsets read on the host, the slice on `device`
+        return self.query_keys(device)[1][int(ptr[pos]) : int(ptr[pos + 1])]
+
+    def query_keys(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every query's allowed keys at once, as CSR (int32): query i attends the sequence
+        positions keys[ptr[i]:ptr[i + 1]], ascending. Built once (per device) for decoding."""
         dev = torch.device(device or "cpu")
-        hit = self._keys_cache.get((pos, dev))
+        hit = self._keys_cache.get(dev)
         if hit is None:
-            idx = torch.arange(self.seq_len)
-            allowed = torch.as_tensor(self.mask_mod(torch.tensor(pos), idx), dtype=torch.bool)
-            hit = torch.nonzero(allowed.expand(self.seq_len)).flatten().to(torch.int32).to(dev)
-            self._keys_cache[(pos, dev)] = hit
+            if dev.type != "cpu":
+                hit = tuple(t.to(dev) for t in self.query_keys())
+            else:
+                L, rows, counts = self.seq_len, [], []
+                idx = torch.arange(L)
+                step = max(1, (1 << 22) // L)  # bound the [rows, L] mask at ~4M entries
+                for q0 in range(0, L, step):
+                    q = idx[q0 : q0 + step, None]
+                    m = torch.as_tensor(self.mask_mod(q, idx[None, :]), dtype=torch.bool)
+                    m = m.expand(q.shape[0], L)
+                    counts.append(m.sum(1))
+                    rows.append(torch.nonzero(m)[:, 1])
+                ptr = torch.zeros(L + 1, dtype=torch.int64)
+                ptr[1:] = torch.cat(counts).cumsum(0)
+                hit = (ptr.to(torch.int32), torch.cat(rows).to(torch.int32))
+            self._keys_cache[dev] = hit
         return hit
+
+    @property
+    def max_keys_per_query(self) -> int:
+        return int(self.query_keys()[0].diff().max())
 
     _KERNEL_NAMES = ("q_ptr", "q_kv", "q_mask", "k_ptr", "k_q", "k_mask", "masks", "perm")
 

@@ -29,7 +29,8 @@ int64_t workspace_floats(int batch, int heads, int head_dim, int splits) {
 
 void decode(const TensorRef& q, const TensorRef& k, const TensorRef& v, const TensorRef& keys,
             const TensorRef& out, const py::object& ws, int splits, const py::object& text_lens,
-            int text_start, int text_len, float scale, uintptr_t stream) {
+            int text_start, int text_len, float scale, uintptr_t stream, const py::object& key_ptr,
+            const py::object& pos) {
   check(q.dtype == DType::F32 || q.dtype == DType::F16 || q.dtype == DType::BF16,
         "decode_attention supports float32, float16 and bfloat16");
   check(q.dim() == 3, "q must be [batch, heads, head_dim]");
@@ -73,6 +74,19 @@ void decode(const TensorRef& q, const TensorRef& k, const TensorRef& v, const Te
   p.o_s[1] = out.stride(1);
   p.keys = keys.data<int32_t>();
   p.num_keys = int(keys.size(0));
+  const TensorRef* kp = opt_ref(key_ptr);
+  const TensorRef* pp = opt_ref(pos);
+  check((kp == nullptr) == (pp == nullptr), "key_ptr and pos go together");
+  if (kp != nullptr) {
+    check_ref(*kp, "key_ptr", DType::I32, 1);
+    check_ref(*pp, "pos", DType::I64, 1);
+    check(kp->size(0) >= 1 && kp->contiguous() && kp->device == q.device,
+          "key_ptr must be a contiguous int32 [positions + 1] tensor on q's device");
+    check(pp->size(0) == 1 && pp->device == q.device, "pos must be an int64 [1] tensor on q's device");
+    p.key_ptr = kp->data<int32_t>();
+    p.pos = pp->data<int64_t>();
+    p.key_rows = int(kp->size(0) - 1);
+  }
   check(text_start >= 0 && text_len >= 0, "bad text segment");
   p.text_start = text_start;
   p.text_len = text_len;
@@ -102,9 +116,14 @@ void decode(const TensorRef& q, const TensorRef& k, const TensorRef& v, const Te
     no_cuda("decode_attention");
 #endif
   } else {
-    for (int j = 0; j < p.num_keys; ++j)
-      check(p.keys[j] >= 0 && p.keys[j] < S,
-            "key position " + std::to_string(p.keys[j]) + " outside the cache of length " +
+    // On the CPU the keys about to be read are checked here; on a GPU the caller checks the
+    // whole list once (vilg.ops.DecodePlan), as the position may only be known on the device.
+    const KeySpan span = key_span(p);
+    check(span.count >= 0 && span.keys >= p.keys && span.keys + span.count <= p.keys + p.num_keys,
+          "key_ptr points outside keys");
+    for (int j = 0; j < span.count; ++j)
+      check(span.keys[j] >= 0 && span.keys[j] < S,
+            "key position " + std::to_string(span.keys[j]) + " outside the cache of length " +
                 std::to_string(S));
     py::gil_scoped_release nogil;
     cpu::decode_attention(p, q.dtype);
@@ -114,7 +133,11 @@ void decode(const TensorRef& q, const TensorRef& k, const TensorRef& v, const Te
 void bind(py::module_& m) {
   m.def("decode_splits", &splits_for, "Blocks per (batch, head) of a CUDA decode launch");
   m.def("decode_workspace_floats", &workspace_floats, "Float32 elements of the split-K workspace");
-  m.def("decode_attention", &decode, "One decoding step of layout-restricted attention");
+  m.def("decode_attention", &decode, "One decoding step of layout-restricted attention",
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("keys"), py::arg("out"),
+        py::arg("ws"), py::arg("splits"), py::arg("text_lens"), py::arg("text_start"),
+        py::arg("text_len"), py::arg("scale"), py::arg("stream"), py::arg("key_ptr") = py::none(),
+        py::arg("pos") = py::none());
 }
 
 const RegisterFamily reg(bind, {"decode_attention"});

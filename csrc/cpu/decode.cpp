@@ -38,11 +38,14 @@ template <typename T>
 void decode_impl(const DecodeParams& p) {
   const int D = p.head_dim;
   const int64_t tasks = int64_t(p.batch) * p.heads;
+  const KeySpan span = key_span(p);
+  const int32_t* keys = span.keys;
+  const int num_keys = span.count;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   // Small calls stay on the calling thread: waking a team costs more than it saves.
-#pragma omp parallel if (tasks > 1 && tasks * p.num_keys * D >= (1 << 15))
+#pragma omp parallel if (tasks > 1 && tasks * num_keys * D >= (1 << 15))
   {
-    std::vector<float> qf(D), acc(D), s(std::max(p.num_keys, 1));
+    std::vector<float> qf(D), acc(D), s(std::max(num_keys, 1));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
       const int b = int(t / p.heads), h = int(t % p.heads);
@@ -54,8 +57,8 @@ void decode_impl(const DecodeParams& p) {
       const T* vb = (const T*)p.v + b * p.v_s[0] + h * p.v_s[1];
       for (int d = 0; d < D; ++d) qf[d] = to_float(q[d]) * p.scale;
       float mx = kNegInf;
-      for (int j = 0; j < p.num_keys; ++j) {
-        const int kp = p.keys[j];
+      for (int j = 0; j < num_keys; ++j) {
+        const int kp = keys[j];
         const bool masked = kp >= pad_lo && kp < pad_hi;
         s[j] = masked ? kNegInf : dot_row(qf.data(), kb + kp * p.k_s[2], D);
         mx = std::max(mx, s[j]);
@@ -63,11 +66,11 @@ void decode_impl(const DecodeParams& p) {
       std::fill(acc.begin(), acc.end(), 0.f);
       float sum = 0.f;
       if (mx != kNegInf) {
-        for (int j = 0; j < p.num_keys; ++j) {
+        for (int j = 0; j < num_keys; ++j) {
           if (s[j] == kNegInf) continue;
           const float e = std::exp(s[j] - mx);
           sum += e;
-          axpy_row(acc.data(), e, vb + p.keys[j] * p.v_s[2], D);
+          axpy_row(acc.data(), e, vb + keys[j] * p.v_s[2], D);
         }
       }
       const float inv = sum > 0.f ? 1.f / sum : 0.f;  // no allowed key: output 0

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "../common/dtype.h"
+#include "../common/macros.h"
 
 namespace vilg {
 
@@ -25,6 +26,12 @@ struct DecodeParams {
   // Allowed key positions (sequence order, < S), ascending.
   const int32_t* keys = nullptr;
   int num_keys = 0;
+  // Or every position's list at once (CSR: position i's keys are keys[key_ptr[i]:key_ptr[i+1]])
+  // and the position in memory: the arguments are then the same at every step, which a CUDA
+  // graph or a compiled step needs. A position outside [0, key_rows) attends nothing.
+  const int32_t* key_ptr = nullptr;
+  const int64_t* pos = nullptr;
+  int key_rows = 0;
   // Text keys at positions [text_start + text_lens[b], text_start + text_len) are masked.
   const int32_t* text_lens = nullptr;  // [batch] or null; clamped to [0, text_len]
   int text_start = 0, text_len = 0;
@@ -32,6 +39,20 @@ struct DecodeParams {
   float* ws = nullptr;
   int splits = 1;
 };
+
+struct KeySpan {
+  const int32_t* keys;
+  int count;
+};
+
+// The keys this call's query attends, for both ways of passing them.
+VILG_HD KeySpan key_span(const DecodeParams& p) {
+  if (p.key_ptr == nullptr) return {p.keys, p.num_keys};
+  const int64_t pos = *p.pos;
+  if (pos < 0 || pos >= p.key_rows) return {p.keys, 0};
+  const int32_t lo = p.key_ptr[pos];
+  return {p.keys + lo, p.key_ptr[pos + 1] - lo};
+}
 
 }  // namespace vilg
 

@@ -84,9 +84,11 @@ __global__ void __launch_bounds__(THREADS) decode_kernel(const DecodeParams p) {
   const int b = bh / p.heads, h = bh % p.heads;
 
   // this block's slice of the key list
-  const int per = (p.num_keys + p.splits - 1) / p.splits;
+  const KeySpan span = key_span(p);
+  const int32_t* keys = span.keys;
+  const int per = (span.count + p.splits - 1) / p.splits;
   const int kb = split * per;
-  const int ke = min(p.num_keys, kb + per);
+  const int ke = min(span.count, kb + per);
 
   int tv = p.text_len;
   if (p.text_lens) tv = min(max(p.text_lens[b], 0), p.text_len);
@@ -120,7 +122,7 @@ __global__ void __launch_bounds__(THREADS) decode_kernel(const DecodeParams p) {
       int kp = 0;
       ok[u] = j < ke;
       if (ok[u]) {
-        kp = __ldg(p.keys + j);
+        kp = __ldg(keys + j);
         ok[u] = kp < pad_lo || kp >= pad_hi;
       }
 #pragma unroll

@@ -80,13 +80,37 @@ class Attention(nn.Module):
         return self.drop(self.proj(y.transpose(1, 2).reshape(B, L, C)))
 
     def step(self, x, layout, pos, cache, text_lens):
-        """One decode step for the token at `pos`; x [B, C]."""
+        """One decode step for the token at `pos` (an int, or an int64 [1] tensor); x [B, C]."""
         B, C = x.shape
         q, k, v = (t[:, :, 0] for t in self._heads(x[:, None]))
-        cache[0][:, :, pos] = k
-        cache[1][:, :, pos] = v
-        y = ops.decode_attention(q, cache[0], cache[1], layout, pos, text_lens=text_lens)
+        if isinstance(pos, torch.Tensor):  # no host sync: the step can be graph-captured
+            cache[0].index_copy_(2, pos, k[:, :, None])
+            cache[1].index_copy_(2, pos, v[:, :, None])
+        else:
+            cache[0][:, :, pos] = k
+            cache[1][:, :, pos] = v
+        if isinstance(cache, LayerCache):
+            y = cache.plan(layout, text_lens)(q, pos)
+        else:
+            y = ops.decode_attention(q, cache[0], cache[1], layout, pos, text_lens=text_lens)
         return self.proj(y.reshape(B, C))
+
+
+class LayerCache(tuple):
+    """One layer's (k, v) cache, [B, H, L, head_dim] each, with the decode plans made for it:
+    the layout and padding checks and key lists of a generation are done once, not per step."""
+
+    def __new__(cls, k: torch.Tensor, v: torch.Tensor):
+        self = super().__new__(cls, (k, v))
+        self.plans = {}
+        return self
+
+    def plan(self, layout, text_lens) -> ops.DecodePlan:
+        hit = self.plans.get(layout)
+        if hit is None or hit[0] is not text_lens:  # a new generation's padding: plan again
+            hit = (text_lens, ops.DecodePlan(layout, self[0], self[1], text_lens=text_lens))
+            self.plans[layout] = hit
+        return hit[1]
 
 
 class Block(nn.Module):
@@ -153,20 +177,32 @@ class UnifiedTransformer(nn.Module):
     def boi(self) -> int:
         return self.cfg.image_vocab
 
-    def layouts_for(self, direction: str, text_len: int, answer_len: int = 0) -> list:
-        key = (direction, text_len, answer_len)
+    def layouts_for(
+        self, direction: str, text_len: int, answer_len: int = 0, length: int | None = None
+    ) -> list:
+        """Each layer's layout; `length` < the full sequence: the layouts of its prefix (text to
+        image only, where no query of a prefix attends past it: the prefill of generation)."""
+        key = (direction, text_len, answer_len, length)
         if key not in self._layouts:
-            self._layouts[key] = [
-                layouts.ernie_vilg(
-                    k,
-                    text_len,
-                    self.cfg.grid,
-                    direction=direction,
-                    window=self.cfg.window,
-                    answer_len=answer_len,
-                )
-                for k in self.kinds
-            ]
+            if length is not None:
+                if direction != T2I:
+                    raise ValueError("only text2image runs on a prefix of its sequence")
+                self._layouts[key] = [
+                    layouts.Layout(length, full.mask_mod, text_segment=full.text_segment)
+                    for full in self.layouts_for(direction, text_len, answer_len)
+                ]
+            else:
+                self._layouts[key] = [
+                    layouts.ernie_vilg(
+                        k,
+                        text_len,
+                        self.cfg.grid,
+                        direction=direction,
+                        window=self.cfg.window,
+                        answer_len=answer_len,
+                    )
+                    for k in self.kinds
+                ]
         return self._layouts[key]
 
     # ------------------------------------------------------------------ embeddings
@@ -201,7 +237,8 @@ class UnifiedTransformer(nn.Module):
         vqa: text_ids is the question (padded, `text_lens`), answer_ids [B, A] the answer's
         inputs. Returns the final hidden states after ln_f; use `text_logits` / `image_logits`
         on the slice from `split`. `caches` (list of (k, v) per layer) is filled for KV-cached
-        decoding.
+        decoding. text2image also runs on the first n < H*W image tokens (a prefill needs only
+        [text | BOI]: the image is causal, so those positions' outputs are the same).
         """
         if direction not in DIRS:
             raise ValueError(f"direction must be one of {DIRS}, got {direction!r}")
@@ -213,7 +250,14 @@ class UnifiedTransformer(nn.Module):
             raise ValueError(
                 f"text of {T + A} tokens exceeds the model's text_len={self.cfg.text_len}"
             )
-        lays = self.layouts_for(direction, T, A)
+        n = image_ids.shape[1]
+        if n > self.cfg.n_image or (n < self.cfg.n_image and direction != T2I):
+            raise ValueError(
+                f"image_ids has {n} tokens; the grid has {self.cfg.n_image} (fewer: text2image "
+                "prefixes only)"
+            )
+        prefix = T + n if n < self.cfg.n_image else None
+        lays = self.layouts_for(direction, T, A, prefix)
         x = self.drop(self.embed(direction, text_ids, image_ids, answer_ids, text_lens))
         for i, blk in enumerate(self.blocks):
             cache = caches[i] if caches is not None else None
@@ -238,32 +282,50 @@ class UnifiedTransformer(nn.Module):
 
     # ------------------------------------------------------------------ decoding
 
-    def new_caches(self, B: int, L: int, device, dtype=torch.float32):
+    def new_caches(self, B: int, L: int, device, dtype=torch.float32) -> list[LayerCache]:
         hd = self.cfg.n_embd // self.cfg.n_head
         return [
-            (
+            LayerCache(
                 torch.zeros(B, self.cfg.n_head, L, hd, device=device, dtype=dtype),
                 torch.zeros(B, self.cfg.n_head, L, hd, device=device, dtype=dtype),
             )
             for _ in self.blocks
         ]
 
-    def step(self, direction: str, token, pos: int, T: int, caches, text_lens=None):
+    def step_layouts(self, direction: str, T: int) -> list:
+        """The layouts decoding steps use (vqa: sized for the longest answer, so one layout
+        serves every step)."""
+        return self.layouts_for(direction, T, self.cfg.text_len - T if direction == VQA else 0)
+
+    def step(self, direction: str, token, pos, T: int, caches, text_lens=None):
         """Feed the input token at sequence position `pos`; returns the hidden state [B, d].
 
+        pos: an int, or an int64 [1] tensor on the model's device (no host sync, no Python
+        branch on its value: the step can be compiled once or captured in a CUDA graph).
         T: the source's text length (vqa: the padded question, real lengths in text_lens)."""
         n = self.cfg.n_image
-        A = 0
         if direction == T2I:
-            x = self.embed_image(token[:, None], start=pos - T)[:, 0]
+            i = pos - T
+            W = self.cfg.grid[1]
+            x = (
+                self.image_emb(token)
+                + self.row_pos(_at(i // W, token))
+                + self.col_pos(_at(i % W, token))
+            )
         elif direction == I2T:
-            x = self.embed_text(token[:, None], start=pos - n)[:, 0]
+            x = self.text_emb(token) + self.text_pos(_at(pos - n, token))
         else:  # answer token j = pos - T - n continues the question's positions
-            A = self.cfg.text_len - T  # the longest answer: one layout for every step
             start = T if text_lens is None else text_lens.to(token.device)
-            x = self.embed_text(token[:, None], start=start + pos - T - n)[:, 0]
+            x = self.text_emb(token) + self.text_pos(_at(start + (pos - T - n), token))
         x = x + self.dir_emb.weight[DIRS.index(direction)]
-        lays = self.layouts_for(direction, T, A)
+        lays = self.step_layouts(direction, T)
         for i, blk in enumerate(self.blocks):
             x = blk.step(x, lays[i], pos, caches[i], text_lens)
         return self.ln_f(x)
+
+
+def _at(p, token: torch.Tensor) -> torch.Tensor:
+    """A position (int, [1] or [B] tensor) as a [B] index tensor on token's device."""
+    if not isinstance(p, torch.Tensor):
+        p = torch.tensor(p, device=token.device)
+    return p.expand(token.shape[0])
