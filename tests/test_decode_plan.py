@@ -211,3 +211,25 @@ def test_cuda_graph_step_gives_the_same_tokens():
         return torch.stack(out, 1)
 
     assert torch.equal(run("cuda-graph"), run("eager"))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_dense_decode_steps_equal_the_forward(impl):
+    """The dense KV-cache step (the benchmarks' baseline) under the same masks and padding."""
+    m = _model()
+    B, T, N = 2, 7, m.cfg.n_image
+    g = torch.Generator().manual_seed(5)
+    text = torch.randint(0, 40, (B, T), generator=g)
+    image = torch.randint(0, 30, (B, N), generator=g)
+    lens = torch.tensor([7, 3])
+    full = m(T2I, text, image, lens)
+    m.cfg.attn_impl = impl
+    for tensor_pos in (False, True):
+        caches = m.new_caches(B, T + N, "cpu")
+        m(T2I, text, image[:, :1], lens, caches=caches)
+        hs = []
+        for p in range(T + 1, T + N):
+            pos = torch.tensor([p]) if tensor_pos else p
+            hs.append(m.step(T2I, image[:, p - T], pos, T, caches, lens))
+        torch.testing.assert_close(torch.stack(hs, 1), full[:, T + 1 :], rtol=1e-5, atol=1e-5)

@@ -141,11 +141,35 @@ class Attention(nn.Module):
         else:
             cache[0][:, :, pos] = k
             cache[1][:, :, pos] = v
-        if isinstance(cache, LayerCache):
+        if self.cfg.attn_impl != "vilg":
+            y = self._dense_step(q, layout, pos, cache, text_lens)
+        elif isinstance(cache, LayerCache):
             y = cache.plan(layout, text_lens)(q, pos)
         else:
             y = ops.decode_attention(q, cache[0], cache[1], layout, pos, text_lens=text_lens)
         return self.proj(y.reshape(B, C))
+
+    def _dense_step(self, q, layout, pos, cache, text_lens):
+        """A dense KV-cache step (what a decoder without sparse kernels does): the query
+        against the cache up to `pos` (an int) or the whole layout (a tensor position, so the
+        shapes stay fixed), under the layout's mask row."""
+        mask, empty = dense_mask(layout, text_lens, q.device)
+        if isinstance(pos, torch.Tensor):
+            n, row = layout.seq_len, mask.index_select(-2, pos)
+            hole = empty.index_select(-2, pos)
+        else:
+            n, row, hole = (
+                pos + 1,
+                mask[..., pos : pos + 1, : pos + 1],
+                empty[..., pos : pos + 1, :],
+            )
+        k, v = cache[0][:, :, :n], cache[1][:, :, :n]
+        if self.cfg.attn_impl == "sdpa":
+            y = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=row)
+        else:
+            att = (q[:, :, None] * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+            y = att.masked_fill(~row, float("-inf")).softmax(-1) @ v
+        return y.masked_fill(hole, 0.0)[:, :, 0]
 
 
 class LayerCache(tuple):
