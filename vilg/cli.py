@@ -135,6 +135,7 @@ def cmd_generate(args) -> int:
         top_p=args.top_p,
         cfg_scale=args.cfg,
         seed=args.seed,
+        step_mode=args.step_mode,
     )
     o = Path(args.output)
     o.mkdir(parents=True, exist_ok=True)
@@ -293,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-p", type=float, default=1.0)
     sp.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument(
+        "--step-mode",
+        default="auto",
+        choices=["auto", "eager", "compile", "cuda-graph"],
+        help="how each decoding step runs: auto = a CUDA graph on a GPU, eager on the CPU; "
+        "compile pays a one-time compilation for faster steps (worth it for many images)",
+    )
     run_opts(sp)
     sp.set_defaults(fn=cmd_generate)
 

@@ -152,17 +152,19 @@ class Attention(nn.Module):
     def _dense_step(self, q, layout, pos, cache, text_lens):
         """A dense KV-cache step (what a decoder without sparse kernels does): the query
         against the cache up to `pos` (an int) or the whole layout (a tensor position, so the
-        shapes stay fixed), under the layout's mask row."""
-        mask, empty = dense_mask(layout, text_lens, q.device)
+        shapes stay fixed), under the layout's mask row and the text padding."""
+        mask = dense_mask(layout, None, q.device)[0]  # [L, L], built once per layout
         if isinstance(pos, torch.Tensor):
-            n, row = layout.seq_len, mask.index_select(-2, pos)
-            hole = empty.index_select(-2, pos)
+            n, row = layout.seq_len, mask.index_select(0, pos)
         else:
-            n, row, hole = (
-                pos + 1,
-                mask[..., pos : pos + 1, : pos + 1],
-                empty[..., pos : pos + 1, :],
-            )
+            n, row = pos + 1, mask[pos : pos + 1, : pos + 1]
+        if text_lens is not None:
+            start, tl = layout.text_segment
+            off = torch.arange(n, device=q.device) - start
+            lens = text_lens.to(q.device)[:, None]
+            row = row & ~((off >= lens) & (off >= 0) & (off < tl))[:, None, None, :]
+        hole = ~row.any(-1, keepdim=True)
+        row = row | hole  # no allowed key: attend anything, then zero it (vilg's output is 0)
         k, v = cache[0][:, :, :n], cache[1][:, :, :n]
         if self.cfg.attn_impl == "sdpa":
             y = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=row)
