@@ -158,7 +158,8 @@ def run(args) -> dict:
             print(
                 f"  {md:>10}: {row['ms_per_token_median']:7.2f} ms/token  "
                 f"{row['images_per_s']:8.3f} images/s  "
-                f"x{row.get('speedup_vs_checked', 1.0):.2f} / x{row.get('speedup_vs_sdpa', 1.0):.2f}"
+                f"x{row.get('speedup_vs_checked', 1.0):.2f} / "
+                f"x{row.get('speedup_vs_sdpa', 1.0):.2f}"
                 f"  same tokens as vilg: {row.get('same_tokens_as_vilg')}"
             )
     out["config"] = {

@@ -78,6 +78,12 @@ step bench-attention 150 "$PY" bench/attention.py --device "$DEV" --dtype "$DT" 
   "${GRIDS[@]}" "${FLEX[@]}" "${QUICK[@]}" --ceiling -o "$WORK/attention.json"
 step bench-vq 60 "$PY" bench/vq.py --device "$DEV" "${VQ[@]}" "${REPS[@]}" --out "$WORK/vq.json"
 step bench-decode 60 "$PY" bench/decode.py --device "$DEV" "${REPS[@]}" --out "$WORK/decode.json"
+# the model's decode loop at 1024 image tokens: CUDA-graph step vs eager vs dense SDPA decode
+GEN=(--dtype "$DT" --batch 8 64 --rounds 1)
+((DRY)) && GEN=(--layers 2 --hidden 64 --heads 2 --grid 8 --text-len 16 --codes 64 --rounds 1
+  --modes checked vilg sdpa)
+step bench-generation 90 "$PY" bench/generation.py --device "$DEV" "${GEN[@]}" \
+  -o "$WORK/generation.json"
 step profile-all 120 "$PY" bench/profile_all.py --device "$DEV" --dtype "$DT" "${BATCH[@]}" \
   "${PROF[@]}" -o "$WORK/profile.json"
 step roofline 30 "$PY" bench/plot.py --roofline "$WORK/profile.json" -o "$WORK/roofline.png"
