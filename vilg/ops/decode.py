@@ -163,9 +163,7 @@ class DecodePlan:
         self.text_lens = _validate.text_lens(text_lens, B, self.text_len, self.device)
         self.key_ptr, self.keys = layout.query_keys(self.device)
         self.max_keys = layout.max_keys_per_query
-        self._ptr_host = ptr
-        self._refs = None  # the cache's kernel views, built on the first eager call
-        self._ws = None
+        self._static = None  # kernel views of what stays put, made on the first eager call
 
     def _check_q(self, q: torch.Tensor) -> None:
         if tuple(q.shape) != self.shape or q.dtype != self.dtype or q.device != self.device:
@@ -182,25 +180,44 @@ class DecodePlan:
                            self.text_start, self.text_len, self.scale, self.key_ptr,
                            self._pos_tensor(pos), self.max_keys)  # fmt: skip
         self._check_q(q)
-        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        if self._static is None:
+            self._prepare()
+        splits, ws, pos_buf, pos_host = self._static[-4:]
         if isinstance(pos, torch.Tensor):
             pos = self._pos_tensor(pos)
             if pos.is_cpu and not 0 <= int(pos) < self.layout.seq_len:
                 raise ValueError(f"pos {int(pos)} outside the layout of {self.layout.seq_len}")
-            keys, key_ptr, max_keys = self.keys, self.key_ptr, self.max_keys
+            pos_ref = ref(pos)
         else:
             if not 0 <= pos < self.layout.seq_len:
                 raise ValueError(f"pos {pos} outside the layout of {self.layout.seq_len}")
-            keys = self.keys[int(self._ptr_host[pos]) : int(self._ptr_host[pos + 1])]
-            key_ptr, pos, max_keys = None, None, keys.numel()
-        if self._ws is None and q.is_cuda:
-            B, H, D = self.shape
-            splits = C().decode_splits(B, H, self.max_keys, q.device.index)
-            n = C().decode_workspace_floats(B, H, D, splits)
-            self._ws = torch.empty(max(n, 1), dtype=torch.float32, device=q.device)
-        _launch(q, self.k_cache, self.v_cache, keys, out, self.text_lens, self.text_start,
-                self.text_len, self.scale, key_ptr, pos, max_keys, self._ws)  # fmt: skip
+            if pos_host is not None:
+                pos_host[0] = pos  # the CPU buffer through a NumPy view: no torch op
+            else:
+                pos_buf.fill_(pos)  # a kernel taking the value as its argument: no sync
+            pos_ref = self._static[5]
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        k, v, keys, lens, key_ptr = self._static[:5]
+        C().decode_attention(
+            ref(q), k, v, keys, ref(out), ws, splits, lens, self.text_start, self.text_len,
+            self.scale, stream_of(q), key_ptr, pos_ref,
+        )  # fmt: skip
         return out
+
+    def _prepare(self) -> None:
+        B, H, D = self.shape
+        splits, ws = 1, None
+        if self.device.type == "cuda":
+            splits = C().decode_splits(B, H, self.max_keys, self.device.index)
+            n = C().decode_workspace_floats(B, H, D, splits)
+            ws = torch.empty(n, dtype=torch.float32, device=self.device) if n else None
+        self._ws = ws  # kept alive with the plan
+        self._pos_buf = torch.zeros(1, dtype=torch.int64, device=self.device)
+        pos_host = self._pos_buf.numpy() if self.device.type == "cpu" else None
+        self._static = (
+            ref(self.k_cache), ref(self.v_cache), ref(self.keys), ref(self.text_lens),
+            ref(self.key_ptr), ref(self._pos_buf), splits, ref(ws), self._pos_buf, pos_host,
+        )  # fmt: skip
 
     def _pos_tensor(self, pos) -> torch.Tensor:
         if not isinstance(pos, torch.Tensor):
