@@ -48,6 +48,10 @@ def _sample(
     seed: int,
     offset: int,
 ) -> torch.Tensor:
+    return _run(logits, uncond, cfg_scale, temperature, top_k, top_p, seed, offset)
+
+
+def _run(logits, uncond, cfg_scale, temperature, top_k, top_p, seed, offset) -> torch.Tensor:
     out = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
     C().sample(
         ref(logits),
@@ -89,6 +93,6 @@ def sample(
     )
     seed = _validate._int_scalar(seed, "seed")
     offset = _validate._int_scalar(offset, "offset")
-    return _sample(
-        logits, uncond, cfg_scale, temperature, top_k, top_p, _as_i64(seed), _as_i64(offset)
-    )
+    # eager: straight to the kernel (the op's dispatch costs more than sampling a decode step)
+    op = _sample if torch.compiler.is_compiling() else _run
+    return op(logits, uncond, cfg_scale, temperature, top_k, top_p, _as_i64(seed), _as_i64(offset))
