@@ -134,7 +134,10 @@ class Attention(nn.Module):
     def step(self, x, layout, pos, cache, text_lens):
         """One decode step for the token at `pos` (an int, or an int64 [1] tensor); x [B, C]."""
         B, C = x.shape
-        q, k, v = (t[:, :, 0] for t in self._heads(x[:, None]))
+        # functional calls and views: at decode sizes each module call or copy costs about
+        # as much as the arithmetic it wraps
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).view(B, 3, self.n_head, -1)
+        q, k, v = qkv.unbind(1)
         if isinstance(pos, torch.Tensor):  # no host sync: the step can be graph-captured
             cache[0].index_copy_(2, pos, k[:, :, None])
             cache[1].index_copy_(2, pos, v[:, :, None])
@@ -147,7 +150,7 @@ class Attention(nn.Module):
             y = cache.plan(layout, text_lens)(q, pos)
         else:
             y = ops.decode_attention(q, cache[0], cache[1], layout, pos, text_lens=text_lens)
-        return self.proj(y.reshape(B, C))
+        return F.linear(y.reshape(B, C), self.proj.weight, self.proj.bias)
 
     def _dense_step(self, q, layout, pos, cache, text_lens):
         """A dense KV-cache step (what a decoder without sparse kernels does): the query
@@ -209,8 +212,14 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
     def step(self, x, layout, pos, cache, text_lens):
-        x = x + self.attn.step(self.ln1(x), layout, pos, cache, text_lens)
-        return x + self.mlp(self.ln2(x))
+        x = x + self.attn.step(_ln(self.ln1, x), layout, pos, cache, text_lens)
+        fc, _, out, _ = self.mlp  # Linear, GELU, Linear, Dropout (identity at inference)
+        h = F.gelu(F.linear(_ln(self.ln2, x), fc.weight, fc.bias))
+        return x + F.linear(h, out.weight, out.bias)
+
+
+def _ln(m: nn.LayerNorm, x):
+    return F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
 
 
 class UnifiedTransformer(nn.Module):
