@@ -231,3 +231,19 @@ def test_pipeline_generates_with_an_f8_tokenizer():
 @pytest.mark.slow  # 1024 decode steps: ~25 s on one core with the decode path of this commit
 def test_pipeline_generates_at_32x32():
     _generates(_pipeline(256), 256)
+
+
+@pytest.mark.slow  # ~1 min: every stage of the preset for a few steps, then a caption
+def test_grid32_small_preset_trains_end_to_end(tmp_path):
+    from vilg.generate import Pipeline
+    from vilg.train.presets import get_preset
+    from vilg.train.run import train_run
+
+    short = ["data.train_size=40", "data.val_size=8", "vq.train.steps=3"]
+    short += ["matcher.train.steps=2", "generator.train.steps=3"]
+    train_run(get_preset("grid32-small", short), tmp_path, progress=False, log=lambda *a: None)
+    pipe = Pipeline.load(tmp_path)
+    assert pipe.gen.cfg.grid == (32, 32) and pipe.vq.cfg.f == 4
+    assert pipe.gen.kinds == ["row", "row", "column", "conv"]
+    images = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(7))
+    assert isinstance(pipe.caption(images)[0], str)

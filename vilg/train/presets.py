@@ -204,25 +204,27 @@ PRESETS["ernie-vilg-300m"] = _paper(24, 16, 1024, 3e-4)
 # tokens + text = 17+ tiles of 64 per side). 128 px through a conv trunk with f = 4 (a 2 x 2
 # pixel-unshuffle stem, then one halving)
 PRESETS["grid32-small"] = {
-    "data": {"train_size": 2000, "val_size": 64, "image_size": 128},
+    "data": {"train_size": 1000, "val_size": 64, "image_size": 128},
     "vq": {
         "model": {
             "patch": 2,
-            "channels": [32, 64],
+            "channels": [16, 32],
             "token_kernel": 3,
             "blocks": 1,
             "codebook_size": 256,
             "code_dim": 16,
         },
-        "train": {"steps": 200, "batch_size": 8, "lr": 2e-3, "warmup": 20},
+        "train": {"steps": 150, "batch_size": 8, "lr": 3e-3, "warmup": 10},
     },
     "matcher": {
         "model": {"dim": 32, "embed_dim": 32, "text_layers": 1},
         "train": {"steps": 50, "batch_size": 32, "lr": 2e-3, "warmup": 5},
     },
     "generator": {
-        "model": {"n_layer": 4, "n_head": 2, "n_embd": 64},
-        "train": {"steps": 300, "batch_size": 8, "lr": 2e-3, "warmup": 20},
+        # a step of 4 images (4 text->image, 2 caption and 2 VQA rows of ~1070 tokens) cost
+        # ~0.5 s of one core here; twice the batch or width doubles it
+        "model": {"n_layer": 4, "n_head": 4, "n_embd": 64},
+        "train": {"steps": 300, "batch_size": 4, "lr": 2e-3, "warmup": 20},
     },
 }
 
