@@ -284,8 +284,15 @@ def plan(
     per_img = per_image[f"activations_{mode}"]
     peak = DATASHEET["H100"]["bf16_tflops"] * 1e12
     step_flops = per_image["train_flops"] * batch
+    unset = [k for k in ("text_vocab", "text_len") if k not in preset]
     return {
         "preset": preset.get("name"),
+        # vilg train takes these from the data when the preset leaves them out
+        "assumed": (
+            f" ({' and '.join(unset)}: defaults; vilg train takes them from the data)"
+            if unset
+            else ""
+        ),
         "config": {"generator": cfg.to_dict(), "tokenizer": vq.cfg.to_dict()},
         "params": {
             "generator": params,
@@ -335,7 +342,7 @@ def format_plan(p: dict) -> str:
     lines = [
         f"preset {p['preset']}: generator {c['n_layer']} layers x {c['n_embd']} hidden x "
         f"{c['n_head']} heads, grid {c['grid'][0]}x{c['grid'][1]}, {c['image_vocab']} codes, "
-        f"text vocab {c['text_vocab']}, text_len {c['text_len']}; tokenizer f = "
+        f"text vocab {c['text_vocab']}, text_len {c['text_len']}{p['assumed']}; tokenizer f = "
         f"{v['patch'] * 2 ** (len(v['channels']) - 1)} at {v['image_size']} px",
         "",
         f"parameters  generator {_n(g['total'])} = blocks {_n(g['blocks'])} "

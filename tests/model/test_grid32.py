@@ -150,6 +150,26 @@ def test_end_to_end_head_drives_a_decoder_at_32x32():
         assert any(g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.parametrize(
+    ("size", "patch", "channels", "f"),
+    [(256, 2, (8, 8, 16), 8), (128, 1, (4, 4, 8), 4), (128, 2, (8, 16), 4), (64, 2, (8, 8, 16), 8)],
+)
+def test_conv_trunk_tokenizer_shapes(size, patch, channels, f):
+    torch.manual_seed(8)
+    vq = VQGAN(VQConfig(image_size=size, patch=patch, channels=channels, token_kernel=3,
+                        blocks=1, codebook_size=CODES, code_dim=8))  # fmt: skip
+    g = size // f
+    assert vq.cfg.f == f and vq.cfg.grid == (g, g)
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(9))
+    xr, idx, qloss, _ = vq(x)
+    assert xr.shape == x.shape and idx.shape == (2, g, g)
+    (vq.recon_loss(x, xr)["recon"] + qloss).backward()
+    assert vq.encoder.net[1].weight.grad.abs().sum() > 0  # through the quantizer to the stem
+    vq.eval()
+    codes = vq.encode(x)
+    assert codes.shape == (2, g, g) and vq.decode_indices(codes).shape == x.shape
+
+
 @pytest.mark.parametrize(("grid", "T"), CASES[:2], ids=IDS[:2])
 def test_kv_cache_steps_equal_the_full_forward(grid, T):
     """Prefill with the whole sequence, then re-run chosen positions with `step` (each step
