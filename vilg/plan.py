@@ -222,18 +222,20 @@ def direction_activations(cfg: GPTConfig, fl: dict) -> dict:
 
 # ---- the plan --------------------------------------------------------------------------------
 def task_fracs(preset: dict) -> dict:
+    """Rows per stream per image: the preset's first mix (a later `schedule` entry changes it;
+    on user data, which has no questions, the trainer turns VQA rows into caption rows)."""
     tasks = preset["generator"].get("tasks", {})
     return {k: float(tasks.get(k, v)) for k, v in DEFAULT_FRACS.items()}
 
 
-def fsdp_memory(params: dict, per_block: int, per_image: dict, gpus: int, batch: int, fr) -> dict:
+def fsdp_memory(params: dict, per_block: int, acts: dict, gpus: int, batch: int, fr) -> dict:
     root = params["total"] - params["blocks"]
     states = 16 * params["total"] / gpus
     working = 2 * (root + 2 * per_block) + 6 * max(root, per_block)
     rows = {d: math.ceil(batch * f / gpus) for d, f in fr.items()}
     out = {"states": states, "working_set": working, "images_per_gpu": batch / gpus}
     for mode in ("no_checkpointing", "checkpointing"):
-        out[f"activations_{mode}"] = _stream_sum(per_image, rows, mode)
+        out[f"activations_{mode}"] = _stream_sum(acts, rows, mode)
         out[f"total_{mode}"] = states + working + out[f"activations_{mode}"]
     return out
 
