@@ -1,4 +1,4 @@
-"""The `vilg` command: demo, train, prepare, generate, caption, ask, eval, info."""
+"""The `vilg` command: demo, train, prepare, generate, caption, ask, eval, plan, info."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ import unicodedata
 from pathlib import Path
 
 DEFAULT_RUN = "runs/demo"
+_PRESET_HELP = (
+    "tiny | demo | long | real | grid32-small | ernie-vilg-300m | ernie-vilg-10b "
+    "(vilg/train/presets.py)"
+)
 
 
 def _threads(n: int | None) -> None:
@@ -200,6 +204,21 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from vilg.plan import format_plan, plan
+    from vilg.train.presets import get_preset
+
+    p = plan(
+        get_preset(args.preset, args.set),
+        gpus=args.gpus,
+        answer_len=args.answer_len,
+        gpu_mem_gib=args.gpu_mem,
+        mfu=args.mfu,
+    )
+    print(json.dumps(p, indent=2) if args.json else format_plan(p))
+    return 0
+
+
 def cmd_info(args) -> int:
     import vilg
 
@@ -237,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_demo)
 
     sp = sub.add_parser("train", help="train the stages of a run")
-    sp.add_argument("--preset", default="demo", help="tiny | demo | long | real")
+    sp.add_argument("--preset", default="demo", help=_PRESET_HELP)
     sp.add_argument("--out", default="runs/train")
     sp.add_argument(
         "--data",
@@ -341,6 +360,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     profile.parser(sp)
     sp.set_defaults(fn=cmd_profile)
+
+    sp = sub.add_parser(
+        "plan",
+        help="size a preset without training it: parameters, FLOPs, activation and GPU memory",
+    )
+    sp.add_argument("--preset", default="demo", help=_PRESET_HELP)
+    sp.add_argument("--gpus", type=int, default=8, help="GPUs the generator is sharded over")
+    sp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="STAGE.KEY=VALUE",
+        help="override a preset entry, as for train (e.g. text_len=128)",
+    )
+    sp.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU (fits or not)")
+    sp.add_argument("--answer-len", type=int, default=8, help="answer tokens of a vqa sequence")
+    sp.add_argument("--mfu", type=float, default=0.4, help="assumed MFU for the step time")
+    sp.add_argument("--json", action="store_true", help="the whole plan as JSON")
+    sp.set_defaults(fn=cmd_plan)
 
     sp = sub.add_parser("info", help="build information")
     sp.set_defaults(fn=cmd_info)

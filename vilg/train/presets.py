@@ -143,6 +143,92 @@ PRESETS["long"] = _merged(
 )
 
 
+# ---- ERNIE-ViLG at its real shape: a 32x32 grid of 8192 codes from 256 px images (f = 8)
+#
+# The paper gives the generator (48 layers, hidden 4096, 64 heads; the 300M end-to-end study:
+# 24 / 1024 / 16) and the tokenizer's f, codebook and image size. It does not give the text
+# vocabulary, the text length or the batch; the values below are assumptions, chosen so that
+# `vilg plan` can size a run: a Chinese WordPiece vocabulary of 18000 (ERNIE 1.0's is about
+# that size), 64 text tokens (captions are short; the sequence is then 64 + 1024 = 1088) and
+# 256 image-text pairs per step, each trained in both directions as in the paper
+# (t2i_frac = cap_frac = 1; VQA is a fine-tuning task there).
+_PAPER_VQ = {
+    # VQGAN-like conv trunk at full resolution: 4 levels (3 halvings) give f = 1 * 2**3 = 8,
+    # 256 px -> 32 x 32 tokens; adversarial + perceptual terms as in VQGAN
+    "model": {
+        "patch": 1,
+        "channels": [128, 128, 256, 512],
+        "token_kernel": 3,
+        "blocks": 2,
+        "codebook_size": 8192,
+        "code_dim": 256,
+        "perceptual_weight": 0.1,
+        "gan_weight": 0.1,
+        "gan_start": 10000,
+    },
+    "train": {"steps": 200000, "batch_size": 64, "lr": 2e-4, "warmup": 2000},
+}
+
+
+def _paper(n_layer: int, n_head: int, n_embd: int, lr: float) -> dict:
+    return {
+        "data": {"train_size": 1_000_000, "val_size": 1024, "image_size": 256},
+        "text_vocab": 18000,
+        "text_len": 64,
+        "vq": copy.deepcopy(_PAPER_VQ),
+        "matcher": {
+            "model": {"dim": 256, "embed_dim": 256, "text_layers": 6},
+            "train": {"steps": 50000, "batch_size": 512, "lr": 5e-4, "warmup": 1000},
+        },
+        "generator": {
+            "model": {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd},
+            "train": {
+                "steps": 300000,
+                "batch_size": 256,
+                "lr": lr,
+                "warmup": 5000,
+                "weight_decay": 0.01,
+                "precision": "auto",
+                "grad_checkpointing": True,
+            },
+            "tasks": {"t2i_frac": 1.0, "cap_frac": 1.0, "vqa_frac": 0.0},
+        },
+    }
+
+
+PRESETS["ernie-vilg-10b"] = _paper(48, 64, 4096, 1e-4)
+PRESETS["ernie-vilg-300m"] = _paper(24, 16, 1024, 3e-4)
+
+# The paper's 32 x 32 token grid at a width this CPU trains in minutes: every layer kind of the
+# ERNIE-ViLG schedule (row, row, column, conv) runs its real multi-tile layout (1024 image
+# tokens + text = 17+ tiles of 64 per side). 128 px through a conv trunk with f = 4 (a 2 x 2
+# pixel-unshuffle stem, then one halving)
+PRESETS["grid32-small"] = {
+    "data": {"train_size": 1000, "val_size": 64, "image_size": 128},
+    "vq": {
+        "model": {
+            "patch": 2,
+            "channels": [16, 32],
+            "token_kernel": 3,
+            "blocks": 1,
+            "codebook_size": 256,
+            "code_dim": 16,
+        },
+        "train": {"steps": 150, "batch_size": 8, "lr": 3e-3, "warmup": 10},
+    },
+    "matcher": {
+        "model": {"dim": 32, "embed_dim": 32, "text_layers": 1},
+        "train": {"steps": 50, "batch_size": 32, "lr": 2e-3, "warmup": 5},
+    },
+    "generator": {
+        # a step of 4 images (4 text->image, 2 caption and 2 VQA rows of ~1070 tokens) cost
+        # ~0.5 s of one core here; twice the batch or width doubles it
+        "model": {"n_layer": 4, "n_head": 4, "n_embd": 64},
+        "train": {"steps": 300, "batch_size": 4, "lr": 2e-3, "warmup": 20},
+    },
+}
+
+
 def get_preset(name: str, overrides: list[str] | None = None) -> dict:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")

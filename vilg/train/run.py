@@ -83,6 +83,24 @@ def train_config(preset: dict, stage: str, seed: int, progress: bool = True) -> 
     return TrainConfig(**{**train, "seed": seed, "progress": progress})
 
 
+def vq_config(preset: dict) -> VQConfig:
+    return VQConfig(image_size=preset["data"]["image_size"], **preset["vq"]["model"])
+
+
+def generator_config(
+    preset: dict, vq_cfg: VQConfig, text_vocab: int, text_len: int, stage: str = "generator"
+) -> GPTConfig:
+    """The generator of a preset; `vilg plan` builds the same one without data."""
+    return GPTConfig(
+        text_vocab=text_vocab,
+        image_vocab=vq_cfg.codebook_size,
+        text_len=text_len,
+        grid=vq_cfg.grid,
+        code_dim=vq_cfg.code_dim if stage == "end2end" else 0,
+        **preset["generator"]["model"],
+    )
+
+
 def corpus(pool: Pool, seed: int) -> list[str]:
     texts = [t for caps in pool.texts.values() for t in caps]
     if pool.scenes is not None:  # questions / answers of the shapes data too
@@ -185,7 +203,7 @@ def train_run(
 
     # ---- image tokenizer
     t = time.perf_counter()
-    vq_cfg = VQConfig(image_size=preset["data"]["image_size"], **preset["vq"]["model"])
+    vq_cfg = vq_config(preset)
     vq = VQGAN(vq_cfg)
     if _done(out / "tokenizer"):
         ckpt.load_model_state(vq, out / "tokenizer" / "model.safetensors")
@@ -225,15 +243,7 @@ def train_run(
             continue
         t = time.perf_counter()
         codes, val_codes = encode_pool(vq, train, dev), encode_pool(vq, val, dev)
-        gcfg = GPTConfig(
-            text_vocab=tok.vocab_size,
-            image_vocab=vq_cfg.codebook_size,
-            text_len=text_len,
-            grid=vq_cfg.grid,
-            code_dim=vq_cfg.code_dim if stage == "end2end" else 0,
-            **preset["generator"]["model"],
-        )
-        gen = UnifiedTransformer(gcfg)
+        gen = UnifiedTransformer(generator_config(preset, vq_cfg, tok.vocab_size, text_len, stage))
         if stage == "generator":
             trainer, image_vq = GeneratorTrainer, vq  # vq only draws sample grids here
         else:
