@@ -7,7 +7,9 @@ Both directions share every block; only the attention mask differs (attention-pa
               image positions can read the question), answer causal; answer positions continue
               the question's text positions
 Layer i uses `vilg.layouts.schedule(n_layer)[i]` (row / column / conv) through
-`vilg.ops.sparse_attention`. Text and image have their own embeddings and output heads;
+`vilg.ops.sparse_attention`; `GPTConfig.attn_impl` swaps that for dense attention under the
+same masks ("sdpa", "eager"), so one set of weights can be compared across backends
+(bench/model_step.py). Text and image have their own embeddings and output heads;
 image tokens get 2-D (row + column) positions.
 
 Inputs are shifted so that the output at a *target* position predicts that position's token:
@@ -19,9 +21,11 @@ so a padded text segment never sits between a prediction and its target.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -29,6 +33,9 @@ from vilg import layouts, ops
 
 T2I, I2T, VQA = "text2image", "image2text", "vqa"
 DIRS = (T2I, I2T, VQA)
+# vilg: the block-sparse kernels; sdpa: torch SDPA with the layout's dense boolean mask;
+# eager: softmax(q k^T * scale + mask) v with the scores materialised (the paper's baseline)
+ATTN_IMPLS = ("vilg", "sdpa", "eager")
 
 
 @dataclass
@@ -43,9 +50,12 @@ class GPTConfig:
     dropout: float = 0.0
     window: int = 11
     code_dim: int = 0  # > 0 adds the end-to-end head: hidden -> z_emb of this size
+    attn_impl: str = "vilg"  # one of ATTN_IMPLS; read at every forward, so it can be switched
 
     def __post_init__(self):
         self.grid = tuple(self.grid)
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
         if self.n_embd % self.n_head:
             raise ValueError("n_embd must be divisible by n_head")
 
@@ -57,9 +67,36 @@ class GPTConfig:
         return asdict(self)
 
 
+# A layout's [L, L] dense mask per device, for the dense backends: built once, dropped with
+# the layout (the model keeps its layouts, so in practice once per model and device).
+_DENSE_MASKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def dense_mask(layout, text_lens, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mask vilg applies, dense: ([L, L] or, with text_lens, [B, 1, L, L] bool, rows that
+    allow no key). Text keys at offset >= text_lens[b] in the layout's text segment are masked.
+    Rows without any allowed key are opened to every key in the returned mask (a softmax over
+    nothing is NaN, and NaN would reach the gradients) and must be zeroed afterwards: vilg's
+    output for such a query is 0."""
+    per_device = _DENSE_MASKS.setdefault(layout, {})
+    device = torch.device(device)
+    mask = per_device.get(device)
+    if mask is None:
+        mask = per_device[device] = layout.dense_mask(device).contiguous()
+    if text_lens is not None:
+        start, n = layout.text_segment
+        off = torch.arange(layout.seq_len, device=device) - start
+        lens = torch.as_tensor(text_lens, device=device)[:, None]
+        padded = (off >= lens) & (off >= 0) & (off < n)  # [B, L] keys
+        mask = mask & ~padded[:, None, None, :]
+    empty = ~mask.any(-1, keepdim=True)
+    return mask | empty, empty
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        self.cfg = cfg  # shared with the model: attn_impl switches every layer at once
         self.n_head = cfg.n_head
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
@@ -76,8 +113,23 @@ class Attention(nn.Module):
         if cache is not None:  # prefill: keep this layer's keys / values
             cache[0][:, :, :L] = k
             cache[1][:, :, :L] = v
-        y = ops.sparse_attention(q, k, v, layout, text_lens=text_lens)
+        y = self.attend(q, k, v, layout, text_lens)
         return self.drop(self.proj(y.transpose(1, 2).reshape(B, L, C)))
+
+    def attend(self, q, k, v, layout, text_lens):
+        """q, k, v [B, heads, L, head_dim] -> [B, heads, L, head_dim] with cfg.attn_impl."""
+        impl = self.cfg.attn_impl
+        if impl == "vilg":
+            return ops.sparse_attention(q, k, v, layout, text_lens=text_lens)
+        if impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
+        mask, empty = dense_mask(layout, text_lens, q.device)
+        if impl == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            att = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+            y = att.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+        return y.masked_fill(empty, 0.0)
 
     def step(self, x, layout, pos, cache, text_lens):
         """One decode step for the token at `pos`; x [B, C]."""
