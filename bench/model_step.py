@@ -243,9 +243,9 @@ def bench_training(args, device) -> dict:
             for _ in range(min(args.chunk, args.steps - done[impl])):
                 i = done[impl]
                 # on the CPU the clock costs nothing (no sync): every step; on a GPU its
-                # syncs would slow the step, so only the last step of each chunk, and those
-                # are left out of the step times
-                clocked = device.type == "cpu" or (i + 1) % args.chunk == 0
+                # syncs would slow the step, so only the last step of each chunk (every
+                # other step with chunks of 1), and those are left out of the step times
+                clocked = device.type == "cpu" or (i + 1) % max(2, args.chunk) == 0
                 clocks[impl].reset(clocked)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
