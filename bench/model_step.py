@@ -503,6 +503,13 @@ def parse_args(argv=None):
     ap.add_argument(
         "--directions", default=T2I, help="comma list: text2image, image2text (losses summed)"
     )
+    ap.add_argument(
+        "--generate",
+        action="store_true",
+        help="also text->image generation of the whole grid with this model: ms/token and "
+        "images/s, vilg decode vs dense SDPA decode (bench/generation.py)",
+    )
+    ap.add_argument("--no-train", action="store_true", help="skip the training benchmark")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--no-plot", action="store_true")
@@ -543,25 +550,50 @@ def main(argv=None) -> dict:
     config["dtype"] = "bf16 autocast" if device.type == "cuda" else "fp32"
     config["data"] = "random tokens, a fixed pool of batches cycled; text padded (lens T/4..T)"
 
-    training = bench_training(args, device)
-    report_training(training)
-
-    extra = {
-        "timing": "perf_counter per training step (forward, backward, AdamW), backends "
-        "alternating in chunks; median and best after warm-up",
-        "training": training,
-    }
+    extra = {}
+    if not args.no_train:
+        training = bench_training(args, device)
+        report_training(training)
+        extra["timing"] = (
+            "perf_counter per training step (forward, backward, AdamW), backends "
+            "alternating in chunks; median and best after warm-up"
+        )
+        extra["training"] = training
+    if args.generate:
+        extra["generation"] = bench_generation(args, device)
     path = write_results("model_step", device, config, [], args.out)
     doc = json.loads(path.read_text())
     del doc["rows"]
     doc.update(extra)
     path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     print(f"wrote {path}")
-    if not args.no_plot:
+    if not args.no_plot and "training" in doc:
         png = path.with_suffix(".png")
         plot_training(doc, png)
         print(f"wrote {png}")
     return doc
+
+
+# ====================================================================== generation
+
+
+def bench_generation(args, device) -> dict:
+    """The same model shape generating the whole grid (bench/generation.py: vilg's decode,
+    eager and compiled / CUDA graph, against a dense SDPA decode; greedy, alternating rounds)."""
+    import generation
+
+    gen_args = generation.parser().parse_args(
+        [
+            "--device", str(device), "--layers", str(args.layers), "--hidden", str(args.hidden),
+            "--heads", str(args.heads), "--grid", str(args.grid),
+            "--text-len", str(args.text_len), "--codes", str(args.image_vocab),
+            "--batch", str(args.batch), "--rounds", "1" if args.quick else "2",
+            "--dtype", "bfloat16" if device.type == "cuda" else "float32",
+        ]
+        + (["--modes", "checked", "vilg", "sdpa"] if args.quick else [])
+    )  # fmt: skip
+    res = generation.run(gen_args)
+    return {"config": res["config"], "modes": res["batches"][str(args.batch)]}
 
 
 def report_training(training: dict) -> None:

@@ -61,3 +61,14 @@ def test_quick_with_memory_probes(model_step, tmp_path):
     for r in doc["training"]["backends"].values():
         assert r["memory"]["peak_bytes"] > 0, r["memory"]
         assert "VmHWM" in r["memory"]["method"] or "statm" in r["memory"]["method"]
+
+
+def test_quick_generation_section(model_step, tmp_path):
+    """--generate --no-train: the generation section (bench/generation.py) with this model."""
+    out = tmp_path / "gen.json"
+    doc = model_step.main(["--quick", "--no-train", "--generate", "--out", str(out)])
+    assert "training" not in doc and json.loads(out.read_text())["generation"] == doc["generation"]
+    modes = doc["generation"]["modes"]
+    assert set(modes) == {"checked", "vilg", "sdpa"}
+    assert modes["checked"]["same_tokens_as_vilg"]
+    assert all(m["images_per_s"] > 0 for m in modes.values())
