@@ -37,6 +37,7 @@ def _fwd(
         ref(lse),
         (*map(ref, layout), ref(perm)),
         L,
+        k.shape[2],
         block,
         text_start,
         text_len,
@@ -86,6 +87,7 @@ def _bwd(
         ref(delta),
         (*map(ref, layout), ref(perm)),
         q.shape[2],
+        k.shape[2],
         block,
         text_start,
         text_len,
@@ -118,27 +120,6 @@ def _backward(ctx, grad_out, _grad_lse):
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _grouped(run, q, k, v, g: int):
-    """GQA / MQA (g q heads per k/v head, q head h reads k/v head h // g, as transformers'
-    repeat_kv) without copying k, v: the kernels read q, k, v through strides but need equal
-    head counts, so split into equal-head calls and let autograd sum dK, dV over the group.
-    Interim cost: the backward still produces one dK/dV per q head before that sum (a
-    kernel-native group accumulation comes with the kernel rewrite)."""
-    B, H, L, D = q.shape
-    Hkv = k.shape[1]
-    if Hkv <= g:  # few k/v heads (MQA): one call per k/v head, its k/v broadcast (stride 0)
-        outs = [
-            run(q[:, h * g : (h + 1) * g], *(t[:, h : h + 1].expand(B, g, L, D) for t in (k, v)))
-            for h in range(Hkv)
-        ]
-        return torch.cat([o for o, _ in outs], 1), torch.cat([s for _, s in outs], 1)
-    # many k/v heads: call j takes q heads j, j + g, ... (a strided view) against all of k, v
-    outs = [run(q[:, j::g], k, v) for j in range(g)]
-    o = torch.stack([o for o, _ in outs], 2).reshape(B, H, L, D)
-    lse = torch.stack([s for _, s in outs], 2).reshape(B, H, L)
-    return o, lse
-
-
 @accepts_arrays
 def sparse_attention(
     q: torch.Tensor,
@@ -155,9 +136,12 @@ def sparse_attention(
     `layout.dense_mask()` (plus padded keys masked per sample), computed over the allowed
     tiles only.
 
-    q: [batch, heads, seq, head_dim]; k, v: [batch, kv_heads, seq, head_dim] with heads a
-    multiple of kv_heads (GQA / MQA: q head h reads k/v head h // (heads // kv_heads));
-    float32 / float16 / bfloat16, last dim contiguous (NumPy / CuPy arrays answer in kind).
+    q: [batch, heads, q_len, head_dim]; k, v: [batch, kv_heads, seq, head_dim] with heads a
+    multiple of kv_heads (GQA / MQA: q head h reads k/v head h // (heads // kv_heads), in the
+    kernels, no copies); float32 / float16 / bfloat16, last dim contiguous (NumPy / CuPy arrays
+    answer in kind). q_len = seq (layout.seq_len) or, for a causal layout, fewer: the queries
+    are then the last q_len positions (a chunk against a KV cache, see Layout.last_queries;
+    derived and cached on the eager path, pass layout.last_queries(q_len) under torch.compile).
     text_lens [batch]: real lengths of the layout's text segment (its padded keys are masked).
     key_lens [batch]: keys at positions >= key_lens[b] are masked (padding for any layout in
     sequence order). At most one of the two. Their values are checked on the eager CPU path
@@ -166,7 +150,8 @@ def sparse_attention(
     [batch, heads, seq] (-inf for a query with no allowed key, whose output is 0).
     Works under torch.compile(fullgraph=True).
     """
-    g = _validate.attention(q, k, v, layout)
+    layout = _validate.chunk_layout(q, k, layout)
+    _validate.attention(q, k, v, layout)
     B = q.shape[0]
     if scale is None:  # int(): the head dim is static even under dynamic shapes
         scale = 1.0 / math.sqrt(int(q.shape[3]))
@@ -184,8 +169,5 @@ def sparse_attention(
     *arrays, perm = layout.kernel_arrays(q.device)
     arrays = list(arrays)
 
-    def run(q_, k_, v_):
-        return _fwd(q_, k_, v_, arrays, perm, lens, layout.block_size, text_start, text_len, scale)
-
-    o, lse = run(q, k, v) if g == 1 else _grouped(run, q, k, v, g)
+    o, lse = _fwd(q, k, v, arrays, perm, lens, layout.block_size, text_start, text_len, scale)
     return (o, lse) if return_lse else o
