@@ -158,3 +158,50 @@ def test_vilg_model_with_text_lens_compiles_fullgraph(gen):
     assert rel_err(out, want) < 1e-6 and cc.frame_count == 1
     g = torch.autograd.grad(out.sum(), model.blocks[0].attn.qkv.weight)[0]
     assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_eager_call_does_not_import_dynamo():
+    """The first call of a fresh process stays on the eager path: torch.library custom ops
+    import torch._dynamo (seconds) on their first call, the eager autograd.Function does not.
+    Forward and backward, GQA, in a subprocess (a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from vilg.layouts import causal\n"
+        "from vilg.ops import sparse_attention\n"
+        "q = torch.randn(1, 4, 70, 16, requires_grad=True)\n"
+        "k, v = (torch.randn(1, 2, 70, 16, requires_grad=True) for _ in 'kv')\n"
+        "sparse_attention(q, k, v, causal(70)).sum().backward()\n"
+        "assert q.grad.abs().sum() > 0 and k.grad.abs().sum() > 0\n"
+        "print('dynamo imported:', 'torch._dynamo' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "dynamo imported: False" in r.stdout
+
+
+def test_eager_path_equals_custom_op(gen):
+    """The eager autograd.Function and the custom op (what torch.compile and dispatch modes
+    see) run the same kernels: identical outputs and gradients."""
+    from vilg.ops import attention as att
+
+    lay = ernie_vilg("conv", 6, (5, 7), window=3, block_size=16)
+    q = torch.randn(2, 4, lay.seq_len, 16, generator=gen, requires_grad=True)
+    k, v = (torch.randn(2, 2, lay.seq_len, 16, generator=gen, requires_grad=True) for _ in "kv")
+    lens = torch.tensor([6, 2], dtype=torch.int32)
+    *arrays, perm = lay.kernel_arrays("cpu")
+    args = (list(arrays), perm, lens, 16, *lay.kernel_text_segment, 0.3)
+    g = torch.randn(q.shape, generator=gen)
+    outs = []
+    for fn in (att._EagerAttention.apply, att._fwd):
+        o, lse = fn(q, k, v, *args)
+        outs.append((o, lse, *torch.autograd.grad(o, (q, k, v), g)))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+    assert att._plain_eager(q, k, v)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():  # a dispatch mode is active: the custom op (it has a fake kernel)
+        assert not att._plain_eager(q, k, v)

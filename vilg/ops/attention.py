@@ -1,7 +1,15 @@
-"""Block-sparse attention as a torch custom op (autograd, torch.compile, fake tensors)."""
+"""Block-sparse attention as a torch custom op (autograd, torch.compile, fake tensors), and an
+eager fast path around it.
+
+The custom ops are what torch.compile, fake tensors, torch.func and dispatch modes see. Plain
+eager calls take `_EagerAttention` instead, an autograd.Function over the same kernel calls:
+a torch.library custom op enters torch._dynamo's import on its first call (seconds, paid by
+the first attention call of every process), and it adds dispatcher layers to every call.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -13,19 +21,7 @@ from vilg.ops._arrays import accepts_arrays
 from vilg.ops._buffers import ref, stream_of
 
 
-@torch.library.custom_op("vilg::sparse_attention_fwd", mutates_args=())
-def _fwd(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    layout: list[torch.Tensor],
-    perm: torch.Tensor | None,
-    text_lens: torch.Tensor | None,
-    block: int,
-    text_start: int,
-    text_len: int,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _fwd_impl(q, k, v, layout, perm, text_lens, block, text_start, text_len, scale):
     B, H, L, _ = q.shape
     o = torch.empty_like(q)
     lse = torch.empty(B, H, L, dtype=torch.float32, device=q.device)
@@ -48,20 +44,11 @@ def _fwd(
     return o, lse
 
 
-@_fwd.register_fake
-def _(q, k, v, layout, perm, text_lens, block, text_start, text_len, scale):
-    B, H, L, _ = q.shape
-    return torch.empty_like(q), q.new_empty(B, H, L, dtype=torch.float32)
-
-
-@torch.library.custom_op("vilg::sparse_attention_bwd", mutates_args=())
-def _bwd(
-    grad_out: torch.Tensor,
+@torch.library.custom_op("vilg::sparse_attention_fwd", mutates_args=())
+def _fwd(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    o: torch.Tensor,
-    lse: torch.Tensor,
     layout: list[torch.Tensor],
     perm: torch.Tensor | None,
     text_lens: torch.Tensor | None,
@@ -69,7 +56,19 @@ def _bwd(
     text_start: int,
     text_len: int,
     scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _fwd_impl(q, k, v, layout, perm, text_lens, block, text_start, text_len, scale)
+
+
+@_fwd.register_fake
+def _(q, k, v, layout, perm, text_lens, block, text_start, text_len, scale):
+    B, H, L, _ = q.shape
+    return torch.empty_like(q), q.new_empty(B, H, L, dtype=torch.float32)
+
+
+def _bwd_impl(
+    grad_out, q, k, v, o, lse, layout, perm, text_lens, block, text_start, text_len, scale
+):
     if grad_out.stride(-1) != 1:
         grad_out = grad_out.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -98,6 +97,27 @@ def _bwd(
     return dq, dk, dv
 
 
+@torch.library.custom_op("vilg::sparse_attention_bwd", mutates_args=())
+def _bwd(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    layout: list[torch.Tensor],
+    perm: torch.Tensor | None,
+    text_lens: torch.Tensor | None,
+    block: int,
+    text_start: int,
+    text_len: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bwd_impl(
+        grad_out, q, k, v, o, lse, layout, perm, text_lens, block, text_start, text_len, scale
+    )
+
+
 @_bwd.register_fake
 def _(grad_out, q, k, v, o, lse, layout, perm, text_lens, block, text_start, text_len, scale):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -118,6 +138,43 @@ def _backward(ctx, grad_out, _grad_lse):
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _profiled(name: str):
+    """The op's name as a profiler range on the eager path (what the custom op shows)."""
+    if torch.autograd.profiler._is_profiler_enabled:
+        return torch.profiler.record_function(name)
+    return contextlib.nullcontext()
+
+
+class _EagerAttention(torch.autograd.Function):
+    """The custom op's forward and backward, for plain eager calls (see the module doc)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, layout, perm, text_lens, block, text_start, text_len, scale):
+        with _profiled("vilg::sparse_attention_fwd"):
+            o, lse = _fwd_impl(q, k, v, layout, perm, text_lens, block, text_start, text_len, scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.extra = (layout, perm, text_lens, block, text_start, text_len, scale)
+        ctx.mark_non_differentiable(lse)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_lse):
+        q, k, v, o, lse = ctx.saved_tensors
+        with _profiled("vilg::sparse_attention_bwd"):
+            dq, dk, dv = _bwd_impl(grad_out, q, k, v, o, lse, *ctx.extra)
+        return dq, dk, dv, None, None, None, None, None, None, None
+
+
+def _plain_eager(*ts: torch.Tensor) -> bool:
+    """Plain tensors, no compile, no dispatch mode or functorch transform: the fast path."""
+    return (
+        not torch.compiler.is_compiling()
+        and all(type(t) is torch.Tensor for t in ts)
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._are_functorch_transforms_active()
+    )
 
 
 @accepts_arrays
@@ -169,5 +226,6 @@ def sparse_attention(
     *arrays, perm = layout.kernel_arrays(q.device)
     arrays = list(arrays)
 
-    o, lse = _fwd(q, k, v, arrays, perm, lens, layout.block_size, text_start, text_len, scale)
+    args = (q, k, v, arrays, perm, lens, layout.block_size, text_start, text_len, scale)
+    o, lse = _EagerAttention.apply(*args) if _plain_eager(q, k, v) else _fwd(*args)
     return (o, lse) if return_lse else o
