@@ -28,6 +28,10 @@ KINDS = ("full", "row", "column", "conv")
 DIRECTIONS = ("text2image", "image2text", "vqa")
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# key_hint(q) -> sequence positions (1-D int64, repeats allowed) holding every key that any of
+# the query positions q (1-D int64) may attend: a superset that the build evaluates instead
+# of all L keys (a pattern's speed-up; the result never depends on it beyond that)
+KeyHint = Callable[[torch.Tensor], torch.Tensor]
 _ONE_THREAD_BUILD = threading.Lock()
 
 
@@ -117,6 +121,7 @@ class Layout:
         text_segment: tuple[int, int] | None = None,
         spec: PatternSpec | None = None,
         name: str | None = None,
+        key_hint: KeyHint | None = None,
     ):
         if not isinstance(seq_len, int) or seq_len < 1:
             raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
@@ -134,6 +139,7 @@ class Layout:
         self.spec = spec
         self.name = name  # shown in repr, e.g. "sliding_window(L=4096, window=512)"
         self.mask_mod = _as_mask_mod(mask_mod)
+        self.key_hint = key_hint
         if perm is not None:
             perm = torch.as_tensor(perm, dtype=torch.int64).flatten()
             if perm.numel() != seq_len or not torch.equal(
@@ -241,26 +247,37 @@ class Layout:
         # query positions in kernel order: the last Lq of the sequence
         qpad = padded if Lq == L else torch.arange(L - Lq, L)
         qpad = torch.cat([qpad[:Lq], torch.full((nbq * bs - Lq,), -1, dtype=torch.int64)])
+        # sequence position -> kernel tile, for the key hint
+        tile_of = None if self._perm is None else torch.argsort(self._perm) // bs
+        lanes = torch.arange(bs)
+        all_tiles = torch.arange(nb)
         rows_kv, rows_mask, tiles = [], [], []
         ptr = [0]
         weights = torch.ones(64, dtype=torch.int64) << torch.arange(64)
         for qb in range(nbq):
             q = qpad[qb * bs : (qb + 1) * bs]
-            m = self.mask_mod(q.clamp(min=0)[:, None], keys[None, :])
-            m = torch.as_tensor(m, dtype=torch.bool).expand(bs, nb * bs)
-            m = m & (q >= 0)[:, None] & valid[None, :]
-            if Lq != L and bool((m & (keys[None, :] > q[:, None])).any()):
-                i, j = (int(x[0]) for x in torch.nonzero(m & (keys[None, :] > q[:, None])).T)
+            cand = all_tiles  # key tiles to evaluate: all, or those the hint names
+            if self.key_hint is not None and bool((q >= 0).any()):
+                pos = torch.as_tensor(self.key_hint(q[q >= 0]), dtype=torch.int64).flatten()
+                pos = pos[(pos >= 0) & (pos < L)]
+                cand = torch.unique(pos // bs if tile_of is None else tile_of[pos])
+            cols = (cand[:, None] * bs + lanes).flatten()
+            k, kvalid = keys[cols], valid[cols]
+            m = self.mask_mod(q.clamp(min=0)[:, None], k[None, :])
+            m = torch.as_tensor(m, dtype=torch.bool).expand(bs, cols.numel())
+            m = m & (q >= 0)[:, None] & kvalid[None, :]
+            if Lq != L and bool((m & (k[None, :] > q[:, None])).any()):
+                i, j = (int(x[0]) for x in torch.nonzero(m & (k[None, :] > q[:, None])).T)
                 raise ValueError(
                     f"{self.name or 'this layout'} lets query {int(q[i])} attend the later key "
-                    f"{int(keys[j])}: a chunk of the last {Lq} queries against {L} keys (a KV "
+                    f"{int(k[j])}: a chunk of the last {Lq} queries against {L} keys (a KV "
                     "cache) is defined only for causal patterns (every allowed key at or before "
                     "its query)"
                 )
-            m = m.reshape(bs, nb, bs).transpose(0, 1)  # [key tile, row, col]
+            m = m.reshape(bs, cand.numel(), bs).transpose(0, 1)  # [key tile, row, col]
             count = m.sum(dim=(1, 2))
             nz = torch.nonzero(count).flatten()
-            rows_kv.append(nz)
+            rows_kv.append(cand[nz])
             # a full tile must be all allowed *and* wholly inside the sequence
             full = count[nz] == bs * bs
             rows_mask.append(full)
@@ -356,6 +373,7 @@ class Layout:
                 block_size=self.block_size,
                 text_segment=seg if seg[1] else None,
                 name=f"{self._label()}, last {q_len} queries",
+                key_hint=self.key_hint,
             )
             self._chunks[q_len] = hit
         return hit
@@ -383,6 +401,11 @@ class Layout:
         )
         # the text segment (padded by text_lens) survives when the two agree or one has none
         segs = {self.text_segment, other.text_segment} - {(0, 0)}
+        ha, hb = self.key_hint, other.key_hint
+        if sym == "|":  # a union's keys: both hints' (a missing hint: any key)
+            hint = None if ha is None or hb is None else (lambda q: torch.cat([ha(q), hb(q)]))
+        else:  # an intersection's keys lie in either one's
+            hint = ha or hb
         return Layout(
             self.seq_len,
             lambda q, k: op(torch.as_tensor(a(q, k)), torch.as_tensor(b(q, k))),
@@ -390,6 +413,7 @@ class Layout:
             perm=self._perm if same_perm else None,
             text_segment=segs.pop() if len(segs) == 1 else None,
             name=f"({self._label()} {sym} {other._label()})",
+            key_hint=hint,
         )
 
     def __or__(self, other) -> Layout:
