@@ -6,7 +6,7 @@ from reference import attention as ref_attention
 from reference import rel_err
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from vilg.layouts import Layout, ernie_vilg
+from vilg.layouts import Layout, axial, ernie_vilg, neighborhood_2d
 from vilg.ops import sparse_attention
 
 
@@ -92,9 +92,6 @@ def test_key_lens_errors(gen):
         sparse_attention(q, q, q, lay, key_lens=torch.tensor([21, 4]))
     with pytest.raises(TypeError, match="key_lens must hold integers"):
         sparse_attention(q, q, q, lay, key_lens=torch.tensor([2.0, 4.0]))
-    col = ernie_vilg("column", 4, (4, 4), block_size=16)
-    with pytest.raises(ValueError, match="sequence order"):
-        sparse_attention(q, q, q, col, key_lens=torch.tensor([3, 4]))
     with pytest.raises(ValueError, match="multiple of k/v heads"):
         sparse_attention(torch.randn(2, 3, lay.seq_len, 16), q, q, lay)
     with pytest.raises(ValueError, match="same shape"):
@@ -205,3 +202,51 @@ def test_eager_path_equals_custom_op(gen):
 
     with FakeTensorMode():  # a dispatch mode is active: the custom op (it has a fake kernel)
         assert not att._plain_eager(q, k, v)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ernie_vilg("column", 5, (6, 7), block_size=16),
+        lambda: axial((8, 10), "column", causal=True, prefix=3, block_size=16),
+        lambda: neighborhood_2d((8, 16), 3, prefix=1, block_size=16),  # patch order
+        lambda: neighborhood_2d((6, 9), 3, causal=True, prefix=2, block_size=16),
+    ],
+)
+def test_key_lens_on_permuted_layouts(gen, make):
+    """key_lens pads sequence positions, so a permuted layout runs as its sequence-order twin;
+    forward and gradients against float64 dense attention, GQA."""
+    lay = make()
+    assert lay.kernel_perm is not None
+    twin = lay.sequence_order()
+    assert twin.kernel_perm is None and twin is lay.sequence_order()
+    assert torch.equal(twin.dense_mask(), lay.dense_mask())
+    L, B = lay.seq_len, 3
+    q = torch.randn(B, 4, L, 16, generator=gen, requires_grad=True)
+    k, v = (torch.randn(B, 2, L, 16, generator=gen, requires_grad=True) for _ in "kv")
+    lens = torch.tensor([L, L // 2 + 1, 3])
+    out = sparse_attention(q, k, v, lay, key_lens=lens)
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    m = lay.dense_mask().expand(B, L, L).clone()
+    for b, n in enumerate(lens.tolist()):
+        m[b, :, n:] = False
+    kr, vr = _repeat_kv(kd, 2), _repeat_kv(vd, 2)
+    s = (qd @ kr.transpose(-1, -2) / 4).masked_fill(~m[:, None], float("-inf"))
+    ref = torch.softmax(s, -1).nan_to_num(0.0) @ vr
+    _check_grads(out, ref, (q, k, v), (qd, kd, vd))
+
+
+def test_key_lens_permuted_under_compile(gen):
+    lay = axial((8, 8), "column", block_size=16)
+    q = torch.randn(2, 2, 64, 16, generator=gen)
+    lens = torch.tensor([64, 30])
+    fn = torch.compile(
+        lambda q, lens: sparse_attention(q, q, q, lay, key_lens=lens),
+        backend="aot_eager",
+        fullgraph=True,
+    )
+    with pytest.raises(Exception, match=r"sequence_order\(\)"):
+        fn(q, lens)
+    lay.sequence_order()  # built before compiling: then it traces
+    torch._dynamo.reset()
+    assert rel_err(fn(q, lens), sparse_attention(q, q, q, lay, key_lens=lens)) < 1e-6

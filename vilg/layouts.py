@@ -346,6 +346,28 @@ class Layout:
         """Fewer queries than keys (see `last_queries`)."""
         return self.q_len != self.seq_len
 
+    def sequence_order(self) -> Layout:
+        """This layout without its permutation (tiles cut in sequence order): the same mask,
+        usually with less-filled tiles. `sparse_attention(key_lens=...)` runs a permuted layout
+        through it, since per-sample key lengths cut the sequence, not the kernel order. Built
+        once and cached; self when there is no permutation."""
+        if self._perm is None:
+            return self
+        hit = self._chunks.get(0)  # key 0: no chunk has zero queries
+        if hit is None:
+            seg = self.text_segment
+            hit = Layout(
+                self.seq_len,
+                self.mask_mod,
+                block_size=self.block_size,
+                text_segment=seg if seg[1] else None,
+                spec=self.spec,
+                name=f"{self._label()}, sequence order",
+                key_hint=self.key_hint,
+            )
+            self._chunks[0] = hit
+        return hit
+
     def last_queries(self, q_len: int) -> Layout:
         """This layout's rows for its last `q_len` positions only, against all seq_len keys: a
         chunk of q_len new queries attending a KV cache of seq_len keys (chunked prefill; query

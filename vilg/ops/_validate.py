@@ -92,15 +92,27 @@ def text_lens(
 
 def key_lens(lens, batch: int, layout, device: torch.device) -> torch.Tensor | None:
     """Per-sample key lengths: keys at sequence positions >= key_lens[b] are masked. The kernels
-    express it as a text segment spanning the whole sequence, which needs sequence order."""
+    express it as a text segment spanning the whole sequence, which needs sequence order (the
+    caller runs a permuted layout's `sequence_order()` twin)."""
     if lens is None:
         return None
-    if layout.kernel_perm is not None:
-        raise ValueError(
-            "key_lens needs a layout in sequence order (this one permutes the sequence, e.g. "
-            "column attention on the transposed grid); build it without the permutation"
-        )
     return text_lens(lens, batch, layout.seq_len, device, name="key_lens")
+
+
+def key_order_layout(layout):
+    """The layout to run with key_lens: `layout`, or its sequence-order twin when it permutes
+    (built on the eager path; under torch.compile only one built before is used)."""
+    if layout.kernel_perm is None:
+        return layout
+    if torch.compiler.is_compiling():
+        hit = layout._chunks.get(0)
+        if hit is None:
+            raise ValueError(
+                "key_lens with a permuted layout runs its sequence-order twin: under "
+                "torch.compile call layout.sequence_order() once before compiling"
+            )
+        return hit
+    return layout.sequence_order()
 
 
 def chunk_layout(q, k, layout):

@@ -200,9 +200,10 @@ def sparse_attention(
     are then the last q_len positions (a chunk against a KV cache, see Layout.last_queries;
     derived and cached on the eager path, pass layout.last_queries(q_len) under torch.compile).
     text_lens [batch]: real lengths of the layout's text segment (its padded keys are masked).
-    key_lens [batch]: keys at positions >= key_lens[b] are masked (padding for any layout in
-    sequence order). At most one of the two. Their values are checked on the eager CPU path
-    only (under torch.compile the kernels clamp them).
+    key_lens [batch]: keys at positions >= key_lens[b] are masked (padding, any layout; a
+    permuted one runs as its `sequence_order()` twin, built once). At most one of the two.
+    Their values are checked on the eager CPU path only (under torch.compile the kernels clamp
+    them).
     Returns out [batch, heads, seq, head_dim] and, with return_lse, the float32 log-sum-exp
     [batch, heads, seq] (-inf for a query with no allowed key, whose output is 0).
     Works under torch.compile(fullgraph=True).
@@ -218,6 +219,7 @@ def sparse_attention(
     if key_lens is not None:
         if text_lens is not None:
             raise ValueError("give text_lens or key_lens, not both")
+        layout = _validate.key_order_layout(layout)  # key lengths cut the sequence order
         text_start, text_len = 0, layout.seq_len  # the "text" segment is then the whole sequence
         lens = _validate.key_lens(key_lens, B, layout, q.device)
     else:
