@@ -168,10 +168,12 @@ class _EagerAttention(torch.autograd.Function):
 
 
 def _plain_eager(*ts: torch.Tensor) -> bool:
-    """Plain tensors, no compile, no dispatch mode or functorch transform: the fast path."""
+    """Plain tensors, no compile, no torch-function or dispatch mode, no functorch transform:
+    the fast path (anything that intercepts ops sees the custom op instead)."""
     return (
         not torch.compiler.is_compiling()
         and all(type(t) is torch.Tensor for t in ts)
+        and not torch._C._is_torch_function_mode_enabled()
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._are_functorch_transforms_active()
     )
