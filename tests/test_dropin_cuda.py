@@ -70,6 +70,9 @@ def test_patterns_gqa_on_cuda(make, heads, kv_heads, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_key_lens_on_cuda(dtype):
     _check(sliding_window(300, 64), dtype, "cuda", key_lens=torch.tensor([300, 77]))
+    # permuted layouts run as their sequence-order twins
+    _check(LAYOUTS[3](), dtype, "cuda", key_lens=torch.tensor([248, 100]))
+    _check(LAYOUTS[2](), dtype, "cuda", key_lens=torch.tensor([257, 31]))
 
 
 CHUNKS = [
@@ -107,3 +110,4 @@ def test_plumbing_on_cpu():
     _check(neighborhood_2d((10, 10), 3, prefix=1), torch.float32, "cpu", 4, 1)
     _check(sliding_window(130, 20), torch.float32, "cpu", 4, 2, key_lens=torch.tensor([130, 41]))
     _check(CHUNKS[1](), torch.float32, "cpu", 4, 2, key_lens=torch.tensor([300, 120]))
+    _check(LAYOUTS[3](), torch.float32, "cpu", 4, 2, key_lens=torch.tensor([248, 100]))
