@@ -6,10 +6,11 @@ Models are built from configs (random weights):
          heads, 4 layers, seq 4096, window 512; sdpa gets transformers' own sliding mask.
   vit:   ViT, hidden 384, 6 heads, 4 layers, 64x64 patch grid (+ CLS), 7x7 neighbourhood;
          sdpa gets the same layout as a dense boolean mask (ViT itself has no mask).
-Also times the layout build and the first vilg call with nothing warm, and the attention op
-alone at the same shapes. Implementations are timed in interleaved rounds (medians), since a
-shared machine's load drifts. Ratios are printed and saved under bench/results/. On a
-shared CPU, pin OMP_NUM_THREADS (bench/common.py).
+Also times the layout build and the first vilg call with nothing warm, the model with no
+attention at all (zeros: the floor, so sdpa / none is the best end-to-end ratio any attention
+could reach), and the attention op alone at the same shapes. Implementations are timed in
+interleaved rounds (medians), since a shared machine's load drifts. Ratios are printed and
+saved under bench/results/. On a shared CPU, pin OMP_NUM_THREADS (bench/common.py).
 
     OMP_NUM_THREADS=2 python bench/dropin.py                 # the issue's sizes (minutes)
     python bench/dropin.py --quick --no-flex                 # small smoke run
@@ -44,6 +45,12 @@ def masked_sdpa(mask):
         return out.transpose(1, 2), None
 
     return attention
+
+
+def no_attention(module, q, k, v, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention function that attends nothing (zeros, gradient path to q kept):
+    the model's time without attention, the floor any attention implementation adds to."""
+    return q.transpose(1, 2) * 0.0, None
 
 
 def compiled_flex(block_mask):
@@ -180,6 +187,11 @@ def run_case(name, case, args) -> list[dict]:
 
         AttentionInterface.register(f"flex_{name}", compiled_flex(layout.to_block_mask()))
         impls["flex"] = f"flex_{name}"
+    if args.floor:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register("no_attention", no_attention)
+        impls["none"] = "no_attention"
 
     state = model.state_dict()
     fns = {}
@@ -197,6 +209,13 @@ def run_case(name, case, args) -> list[dict]:
 
         fns[label] = (fwd, fwd_bwd)
     rows = interleaved(name, fns, n, args)
+    by = {r["attention"]: r for r in rows}
+    if "none" in by:  # Amdahl: the best ratio any attention could give this model
+        for col in ("fwd_ms", "fwd_bwd_ms"):
+            if by["sdpa"].get(col) and by["none"].get(col):
+                bound = by["sdpa"][col] / by["none"][col]
+                by["vilg"][col.replace("_ms", "_bound_x")] = bound
+                print(f"{name} {col[:-3]}: sdpa / no-attention = {bound:.2f}x (vilg's ceiling)")
     rows[0]["first_call_s"] = first
     rows[0]["layout_build_s"] = build
     rows[0]["layout"] = repr(layout)
@@ -250,6 +269,12 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--flex", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the model with no attention (the ceiling of any speed-up)",
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)

@@ -114,6 +114,10 @@ def _layout_args(layout: Layout, device):
     return (*map(ref, arrays), ref(perm)), layout.seq_len, layout.block_size, start, length
 
 
+def _lens_args(layout: Layout):  # query rows, key rows
+    return layout.q_len, layout.seq_len
+
+
 def run_fwd(q, k, v, layout, scale, lens):
     """The forward kernel on NaN-poisoned outputs."""
     from vilg._ext import C
@@ -129,7 +133,7 @@ def run_fwd(q, k, v, layout, scale, lens):
         ref(o),
         ref(lse),
         arrays,
-        L,
+        *_lens_args(layout),
         block,
         start,
         length,
@@ -159,7 +163,7 @@ def run_bwd(go, q, k, v, o, lse, layout, scale, lens):
         ref(dv),
         ref(delta),
         arrays,
-        L,
+        *_lens_args(layout),
         block,
         start,
         length,

@@ -6,7 +6,7 @@ from reference import attention as ref_attention
 from reference import rel_err
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from vilg.layouts import Layout, ernie_vilg
+from vilg.layouts import Layout, axial, ernie_vilg, neighborhood_2d
 from vilg.ops import sparse_attention
 
 
@@ -92,9 +92,6 @@ def test_key_lens_errors(gen):
         sparse_attention(q, q, q, lay, key_lens=torch.tensor([21, 4]))
     with pytest.raises(TypeError, match="key_lens must hold integers"):
         sparse_attention(q, q, q, lay, key_lens=torch.tensor([2.0, 4.0]))
-    col = ernie_vilg("column", 4, (4, 4), block_size=16)
-    with pytest.raises(ValueError, match="sequence order"):
-        sparse_attention(q, q, q, col, key_lens=torch.tensor([3, 4]))
     with pytest.raises(ValueError, match="multiple of k/v heads"):
         sparse_attention(torch.randn(2, 3, lay.seq_len, 16), q, q, lay)
     with pytest.raises(ValueError, match="same shape"):
@@ -158,3 +155,98 @@ def test_vilg_model_with_text_lens_compiles_fullgraph(gen):
     assert rel_err(out, want) < 1e-6 and cc.frame_count == 1
     g = torch.autograd.grad(out.sum(), model.blocks[0].attn.qkv.weight)[0]
     assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_eager_call_does_not_import_dynamo():
+    """The first call of a fresh process stays on the eager path: torch.library custom ops
+    import torch._dynamo (seconds) on their first call, the eager autograd.Function does not.
+    Forward and backward, GQA, in a subprocess (a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from vilg.layouts import causal\n"
+        "from vilg.ops import sparse_attention\n"
+        "q = torch.randn(1, 4, 70, 16, requires_grad=True)\n"
+        "k, v = (torch.randn(1, 2, 70, 16, requires_grad=True) for _ in 'kv')\n"
+        "sparse_attention(q, k, v, causal(70)).sum().backward()\n"
+        "assert q.grad.abs().sum() > 0 and k.grad.abs().sum() > 0\n"
+        "print('dynamo imported:', 'torch._dynamo' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "dynamo imported: False" in r.stdout
+
+
+def test_eager_path_equals_custom_op(gen):
+    """The eager autograd.Function and the custom op (what torch.compile and dispatch modes
+    see) run the same kernels: identical outputs and gradients."""
+    from vilg.ops import attention as att
+
+    lay = ernie_vilg("conv", 6, (5, 7), window=3, block_size=16)
+    q = torch.randn(2, 4, lay.seq_len, 16, generator=gen, requires_grad=True)
+    k, v = (torch.randn(2, 2, lay.seq_len, 16, generator=gen, requires_grad=True) for _ in "kv")
+    lens = torch.tensor([6, 2], dtype=torch.int32)
+    *arrays, perm = lay.kernel_arrays("cpu")
+    args = (list(arrays), perm, lens, 16, *lay.kernel_text_segment, 0.3)
+    g = torch.randn(q.shape, generator=gen)
+    outs = []
+    for fn in (att._EagerAttention.apply, att._fwd):
+        o, lse = fn(q, k, v, *args)
+        outs.append((o, lse, *torch.autograd.grad(o, (q, k, v), g)))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+    assert att._plain_eager(q, k, v)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():  # a dispatch mode is active: the custom op (it has a fake kernel)
+        assert not att._plain_eager(q, k, v)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ernie_vilg("column", 5, (6, 7), block_size=16),
+        lambda: axial((8, 10), "column", causal=True, prefix=3, block_size=16),
+        lambda: neighborhood_2d((8, 16), 3, prefix=1, block_size=16),  # patch order
+        lambda: neighborhood_2d((6, 9), 3, causal=True, prefix=2, block_size=16),
+    ],
+)
+def test_key_lens_on_permuted_layouts(gen, make):
+    """key_lens pads sequence positions, so a permuted layout runs as its sequence-order twin;
+    forward and gradients against float64 dense attention, GQA."""
+    lay = make()
+    assert lay.kernel_perm is not None
+    twin = lay.sequence_order()
+    assert twin.kernel_perm is None and twin is lay.sequence_order()
+    assert torch.equal(twin.dense_mask(), lay.dense_mask())
+    L, B = lay.seq_len, 3
+    q = torch.randn(B, 4, L, 16, generator=gen, requires_grad=True)
+    k, v = (torch.randn(B, 2, L, 16, generator=gen, requires_grad=True) for _ in "kv")
+    lens = torch.tensor([L, L // 2 + 1, 3])
+    out = sparse_attention(q, k, v, lay, key_lens=lens)
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    m = lay.dense_mask().expand(B, L, L).clone()
+    for b, n in enumerate(lens.tolist()):
+        m[b, :, n:] = False
+    kr, vr = _repeat_kv(kd, 2), _repeat_kv(vd, 2)
+    s = (qd @ kr.transpose(-1, -2) / 4).masked_fill(~m[:, None], float("-inf"))
+    ref = torch.softmax(s, -1).nan_to_num(0.0) @ vr
+    _check_grads(out, ref, (q, k, v), (qd, kd, vd))
+
+
+def test_key_lens_permuted_under_compile(gen):
+    lay = axial((8, 8), "column", block_size=16)
+    q = torch.randn(2, 2, 64, 16, generator=gen)
+    lens = torch.tensor([64, 30])
+    fn = torch.compile(
+        lambda q, lens: sparse_attention(q, q, q, lay, key_lens=lens),
+        backend="aot_eager",
+        fullgraph=True,
+    )
+    with pytest.raises(Exception, match=r"sequence_order\(\)"):
+        fn(q, lens)
+    lay.sequence_order()  # built before compiling: then it traces
+    torch._dynamo.reset()
+    assert rel_err(fn(q, lens), sparse_attention(q, q, q, lay, key_lens=lens)) < 1e-6

@@ -21,6 +21,8 @@ QUICK = [
     "conv_text2image_odd",
     "random_40",
     "holes_200",
+    "chunk_causal_203_70",
+    "gqa_chunk_window_199_130",
 ]
 
 

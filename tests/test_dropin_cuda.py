@@ -1,8 +1,10 @@
 """The drop-in features on CUDA (GQA / MQA, key_lens padding, the pattern library, vilg.nn,
-torch.compile) against a float64 dense reference; skipped without a GPU. They reuse the CUDA
-kernels unchanged (GQA and key padding are expressed through strides and the text-segment
-arguments), so the CPU twins of these checks are in test_attention_dropin.py / test_patterns.py;
-`test_plumbing_on_cpu` runs this file's helpers on the CPU so they are exercised everywhere."""
+torch.compile, chunks of queries against a longer KV cache) against a float64 dense reference;
+skipped without a GPU. GQA (q head h reads k/v head h // group, dK / dV summed over the group
+in the dK/dV kernel) and rectangular layouts are native in the kernels; the CPU twins of these
+checks are in test_attention_dropin.py / test_attention_chunk.py / test_patterns.py, and the
+emulation (test_cuda_emulation.py) runs the CUDA source on the CPU. `test_plumbing_on_cpu`
+runs this file's helpers on the CPU so they are exercised everywhere."""
 
 import pytest
 import torch
@@ -31,7 +33,7 @@ def _reference(q, k, v, mask, key_lens=None):
 def _check(lay, dtype, device, heads=4, kv_heads=2, key_lens=None, D=64):
     gen = torch.Generator(device="cpu").manual_seed(11)
     L = lay.seq_len
-    q = torch.randn(2, heads, L, D, generator=gen).to(device, dtype).requires_grad_()
+    q = torch.randn(2, heads, lay.q_len, D, generator=gen).to(device, dtype).requires_grad_()
     k, v = (
         torch.randn(2, kv_heads, L, D, generator=gen).to(device, dtype).requires_grad_()
         for _ in "kv"
@@ -68,6 +70,26 @@ def test_patterns_gqa_on_cuda(make, heads, kv_heads, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_key_lens_on_cuda(dtype):
     _check(sliding_window(300, 64), dtype, "cuda", key_lens=torch.tensor([300, 77]))
+    # permuted layouts run as their sequence-order twins
+    _check(LAYOUTS[3](), dtype, "cuda", key_lens=torch.tensor([248, 100]))
+    _check(LAYOUTS[2](), dtype, "cuda", key_lens=torch.tensor([257, 31]))
+
+
+CHUNKS = [
+    lambda: causal(333).last_queries(100),
+    lambda: sliding_window(300, 64).last_queries(129),
+    lambda: causal(130, prefix=5).last_queries(1),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (3, 3)])
+@pytest.mark.parametrize("make", CHUNKS)
+def test_chunked_queries_on_cuda(make, heads, kv_heads, dtype):
+    lay = make()
+    _check(lay, dtype, "cuda", heads, kv_heads)
+    _check(lay, dtype, "cuda", heads, kv_heads, key_lens=torch.tensor([lay.seq_len, 120]))
 
 
 @pytest.mark.cuda
@@ -87,3 +109,5 @@ def test_plumbing_on_cpu():
     # the same helpers against the CPU kernels (block 64 layouts, as CUDA needs)
     _check(neighborhood_2d((10, 10), 3, prefix=1), torch.float32, "cpu", 4, 1)
     _check(sliding_window(130, 20), torch.float32, "cpu", 4, 2, key_lens=torch.tensor([130, 41]))
+    _check(CHUNKS[1](), torch.float32, "cpu", 4, 2, key_lens=torch.tensor([300, 120]))
+    _check(LAYOUTS[3](), torch.float32, "cpu", 4, 2, key_lens=torch.tensor([248, 100]))

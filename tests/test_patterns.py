@@ -238,3 +238,35 @@ def test_bad_arguments(call):
 def test_document_ids_must_be_integers():
     with pytest.raises(TypeError, match="integers"):
         document(torch.zeros(4))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: sliding_window(333, 45),
+        lambda: sliding_window(301, 41, causal=False, prefix=3),
+        lambda: neighborhood_2d((24, 40), 7, prefix=1),
+        lambda: neighborhood_2d((13, 17), (5, 3), causal=True, dilation=(2, 3), prefix=2),
+        lambda: neighborhood_2d((16, 32), 5, block_size=32),
+        lambda: axial((12, 20), "column", causal=True, prefix=5),
+        lambda: axial((9, 30), "row"),
+        lambda: sliding_window(200, 30) | axial((10, 20), "row"),
+        lambda: sliding_window(200, 30) & causal(200),
+        lambda: sliding_window(260, 33).last_queries(100),
+    ],
+)
+def test_key_hint_only_speeds_up_the_build(make):
+    """A pattern's key hint narrows the key tiles the build evaluates; the kernel arrays must be
+    exactly those of a build that evaluates every key."""
+    lay = make()
+    assert lay.key_hint is not None
+    full = Layout(
+        lay.seq_len,
+        lay.mask_mod,
+        q_len=lay.q_len,
+        perm=lay.kernel_perm,
+        block_size=lay.block_size,
+        text_segment=lay.text_segment if lay.text_segment[1] else None,
+    )
+    for a, b in zip(lay.kernel_arrays("cpu"), full.kernel_arrays("cpu")):
+        assert (a is None and b is None) or torch.equal(a, b)

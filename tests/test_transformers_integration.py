@@ -167,7 +167,32 @@ def test_errors():
         fn(None, q, k, k, left)
     with pytest.raises(ValueError, match="2-D"):
         fn(None, q, k, k, torch.ones(2, 1, 20, 20, dtype=torch.bool))
-    with pytest.raises(ValueError, match="equal query and key lengths"):
-        fn(None, q[:, :, :1], k, k, None)
+    with pytest.raises(ValueError, match="at most as many queries as keys"):
+        fn(None, torch.randn(2, 4, 21, 8), k, k, None)
+    bidir = vt.make_attention_function(lambda n: sliding_window(n, 5, causal=False))
+    with pytest.raises(ValueError, match="defined only for causal patterns"):
+        bidir(None, q[:, :, :4], k, k, None)
     with pytest.raises(ValueError, match="layout_fn"):
         vt.register("vilg_none")
+
+
+@pytest.mark.parametrize("w", [None, 8])
+def test_chunked_prefill_with_kv_cache(w):
+    """Prefill in two chunks through transformers' KV cache: the second chunk's queries attend
+    the cached keys (a rectangular layout); logits equal the one-pass forward, and the float64
+    sdpa model's."""
+    if w is None:
+        vt.register("vilg_chunk_causal", layout_fn=lambda n: causal(n, block_size=16))
+        cfg, impl = _lm_config(transformers.LlamaConfig), "vilg_chunk_causal"
+    else:
+        vt.register("vilg_chunk_window", layout_fn=lambda n: sliding_window(n, w, block_size=16))
+        cfg, impl = _lm_config(transformers.MistralConfig, sliding_window=w), "vilg_chunk_window"
+    model, ref = _pair(cfg, impl)
+    ids = torch.randint(0, V, (2, 53), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        whole = model(input_ids=ids).logits
+        want = ref(input_ids=ids).logits
+        first = model(input_ids=ids[:, :30], use_cache=True)
+        second = model(input_ids=ids[:, 30:], past_key_values=first.past_key_values).logits
+    assert rel_err(torch.cat([first.logits, second], 1), want) < 1e-5
+    assert rel_err(second, whole[:, 30:]) < 1e-5

@@ -9,6 +9,10 @@ The kernels see a layout in *kernel order*: an optional permutation of the seque
 attention runs on the transposed grid, where it is row attention) cut into square tiles. Each
 query tile lists its key tiles, each either full or partial with a bitset mask; identical
 partial masks are stored once.
+
+A layout may be *rectangular* (`Layout.last_queries`): its queries are the last q_len positions
+of its seq_len-long sequence, against all seq_len keys (a chunk of new queries against a KV
+cache, bottom-right aligned as in flash-attn). Query tiles then start at the first query.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ KINDS = ("full", "row", "column", "conv")
 DIRECTIONS = ("text2image", "image2text", "vqa")
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# key_hint(q) -> sequence positions (1-D int64, repeats allowed) holding every key that any of
+# the query positions q (1-D int64) may attend: a superset that the build evaluates instead
+# of all L keys (a pattern's speed-up; the result never depends on it beyond that)
+KeyHint = Callable[[torch.Tensor], torch.Tensor]
 _ONE_THREAD_BUILD = threading.Lock()
 
 
@@ -98,6 +106,8 @@ class Layout:
     """A sparsity pattern over a sequence of `seq_len` tokens, ready for the kernels.
 
     Build with `ernie_vilg(...)`, `Layout.from_dense(mask)` or `Layout.from_mask_mod(fn, L)`.
+    `q_len` (default seq_len): the queries are the last q_len positions of the sequence (see
+    `last_queries`); keys are always all seq_len positions.
     """
 
     def __init__(
@@ -105,21 +115,31 @@ class Layout:
         seq_len: int,
         mask_mod: Callable,
         *,
+        q_len: int | None = None,
         block_size: int = 64,
         perm: torch.Tensor | None = None,
         text_segment: tuple[int, int] | None = None,
         spec: PatternSpec | None = None,
         name: str | None = None,
+        key_hint: KeyHint | None = None,
     ):
         if not isinstance(seq_len, int) or seq_len < 1:
             raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
         if block_size not in (16, 32, 64, 128):
             raise ValueError(f"block_size must be 16, 32, 64 or 128, got {block_size!r}")
+        if q_len is None:
+            q_len = seq_len
+        if isinstance(q_len, bool) or not isinstance(q_len, int) or not 1 <= q_len <= seq_len:
+            raise ValueError(f"q_len must be an int in 1..{seq_len}, got {q_len!r}")
+        if q_len != seq_len and perm is not None:
+            raise ValueError("a layout with fewer queries than keys cannot permute the sequence")
         self.seq_len = seq_len
+        self.q_len = q_len
         self.block_size = block_size
         self.spec = spec
         self.name = name  # shown in repr, e.g. "sliding_window(L=4096, window=512)"
         self.mask_mod = _as_mask_mod(mask_mod)
+        self.key_hint = key_hint
         if perm is not None:
             perm = torch.as_tensor(perm, dtype=torch.int64).flatten()
             if perm.numel() != seq_len or not torch.equal(
@@ -147,6 +167,7 @@ class Layout:
         self._cpu_arrays = tuple(self._arrays[n] for n in self._KERNEL_NAMES)
         self._device_cache: dict[torch.device, tuple] = {}
         self._keys_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._chunks: dict[int, Layout] = {}
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -197,9 +218,14 @@ class Layout:
         from torch.nn.attention.flex_attention import create_block_mask
 
         dense = self.dense_mask(device)
-        L = self.seq_len
         return create_block_mask(
-            lambda b, h, q, k: dense[q, k], None, None, L, L, device=device, BLOCK_SIZE=BLOCK_SIZE
+            lambda b, h, q, k: dense[q, k],
+            None,
+            None,
+            self.q_len,
+            self.seq_len,
+            device=device,
+            BLOCK_SIZE=BLOCK_SIZE,
         )
 
     @classmethod
@@ -211,25 +237,47 @@ class Layout:
         return cls(int(m.shape[0]), lambda q, k: m[q, k], **kw)
 
     def _build(self) -> None:
-        L, bs = self.seq_len, self.block_size
-        nb = (L + bs - 1) // bs
+        L, Lq, bs = self.seq_len, self.q_len, self.block_size
+        nb, nbq = (L + bs - 1) // bs, (Lq + bs - 1) // bs
         words = (bs + 63) // 64
         order = self._perm if self._perm is not None else torch.arange(L)
         padded = torch.cat([order, torch.full((nb * bs - L,), -1, dtype=torch.int64)])
         valid = padded >= 0
         keys = padded.clamp(min=0)
+        # query positions in kernel order: the last Lq of the sequence
+        qpad = padded if Lq == L else torch.arange(L - Lq, L)
+        qpad = torch.cat([qpad[:Lq], torch.full((nbq * bs - Lq,), -1, dtype=torch.int64)])
+        # sequence position -> kernel tile, for the key hint
+        tile_of = None if self._perm is None else torch.argsort(self._perm) // bs
+        lanes = torch.arange(bs)
+        all_tiles = torch.arange(nb)
         rows_kv, rows_mask, tiles = [], [], []
         ptr = [0]
         weights = torch.ones(64, dtype=torch.int64) << torch.arange(64)
-        for qb in range(nb):
-            q = padded[qb * bs : (qb + 1) * bs]
-            m = self.mask_mod(q.clamp(min=0)[:, None], keys[None, :])
-            m = torch.as_tensor(m, dtype=torch.bool).expand(bs, nb * bs)
-            m = m & valid[qb * bs : (qb + 1) * bs, None] & valid[None, :]
-            m = m.reshape(bs, nb, bs).transpose(0, 1)  # [key tile, row, col]
+        for qb in range(nbq):
+            q = qpad[qb * bs : (qb + 1) * bs]
+            cand = all_tiles  # key tiles to evaluate: all, or those the hint names
+            if self.key_hint is not None and bool((q >= 0).any()):
+                pos = torch.as_tensor(self.key_hint(q[q >= 0]), dtype=torch.int64).flatten()
+                pos = pos[(pos >= 0) & (pos < L)]
+                cand = torch.unique(pos // bs if tile_of is None else tile_of[pos])
+            cols = (cand[:, None] * bs + lanes).flatten()
+            k, kvalid = keys[cols], valid[cols]
+            m = self.mask_mod(q.clamp(min=0)[:, None], k[None, :])
+            m = torch.as_tensor(m, dtype=torch.bool).expand(bs, cols.numel())
+            m = m & (q >= 0)[:, None] & kvalid[None, :]
+            if Lq != L and bool((m & (k[None, :] > q[:, None])).any()):
+                i, j = (int(x[0]) for x in torch.nonzero(m & (k[None, :] > q[:, None])).T)
+                raise ValueError(
+                    f"{self.name or 'this layout'} lets query {int(q[i])} attend the later key "
+                    f"{int(k[j])}: a chunk of the last {Lq} queries against {L} keys (a KV "
+                    "cache) is defined only for causal patterns (every allowed key at or before "
+                    "its query)"
+                )
+            m = m.reshape(bs, cand.numel(), bs).transpose(0, 1)  # [key tile, row, col]
             count = m.sum(dim=(1, 2))
             nz = torch.nonzero(count).flatten()
-            rows_kv.append(nz)
+            rows_kv.append(cand[nz])
             # a full tile must be all allowed *and* wholly inside the sequence
             full = count[nz] == bs * bs
             rows_mask.append(full)
@@ -250,12 +298,13 @@ class Layout:
         mask_id = torch.full((kv.numel(),), -1, dtype=torch.int32)
         mask_id[~is_full] = inverse.to(torch.int32)
         q_ptr = torch.tensor(ptr, dtype=torch.int32)
-        q_of = torch.repeat_interleave(torch.arange(nb, dtype=torch.int32), q_ptr.diff())
+        q_of = torch.repeat_interleave(torch.arange(nbq, dtype=torch.int32), q_ptr.diff())
         # CSC: the same entries sorted by key tile (stable, so query tiles stay ascending)
-        order_k = torch.sort(kv.long() * nb + q_of.long()).indices
+        order_k = torch.sort(kv.long() * nbq + q_of.long()).indices
         k_counts = torch.bincount(kv.long(), minlength=nb)
         k_ptr = torch.cat([torch.zeros(1, dtype=torch.int64), k_counts.cumsum(0)]).to(torch.int32)
-        self.num_blocks = nb
+        self.num_blocks = nb  # key tiles (= query tiles unless rectangular)
+        self.num_q_blocks = nbq
         self._arrays = dict(
             q_ptr=q_ptr,
             q_kv=kv,
@@ -290,7 +339,66 @@ class Layout:
     @property
     def density(self) -> float:
         """Fraction of all tile pairs visited."""
-        return self.num_tiles / self.num_blocks**2
+        return self.num_tiles / (self.num_q_blocks * self.num_blocks)
+
+    @property
+    def is_rectangular(self) -> bool:
+        """Fewer queries than keys (see `last_queries`)."""
+        return self.q_len != self.seq_len
+
+    def sequence_order(self) -> Layout:
+        """This layout without its permutation (tiles cut in sequence order): the same mask,
+        usually with less-filled tiles. `sparse_attention(key_lens=...)` runs a permuted layout
+        through it, since per-sample key lengths cut the sequence, not the kernel order. Built
+        once and cached; self when there is no permutation."""
+        if self._perm is None:
+            return self
+        hit = self._chunks.get(0)  # key 0: no chunk has zero queries
+        if hit is None:
+            seg = self.text_segment
+            hit = Layout(
+                self.seq_len,
+                self.mask_mod,
+                block_size=self.block_size,
+                text_segment=seg if seg[1] else None,
+                spec=self.spec,
+                name=f"{self._label()}, sequence order",
+                key_hint=self.key_hint,
+            )
+            self._chunks[0] = hit
+        return hit
+
+    def last_queries(self, q_len: int) -> Layout:
+        """This layout's rows for its last `q_len` positions only, against all seq_len keys: a
+        chunk of q_len new queries attending a KV cache of seq_len keys (chunked prefill; query
+        i of the chunk is sequence position seq_len - q_len + i, bottom-right aligned as in
+        flash-attn). Defined only for causal patterns (ValueError otherwise: a bidirectional
+        query would need keys that are not in the cache yet). Built once per q_len and cached;
+        `sparse_attention` calls it when q is shorter than k (eagerly; under torch.compile pass
+        the result as the layout). Sequence order: a permutation is dropped."""
+        if isinstance(q_len, bool) or not isinstance(q_len, int) or not 1 <= q_len <= self.seq_len:
+            raise ValueError(f"q_len must be an int in 1..{self.seq_len}, got {q_len!r}")
+        if q_len == self.q_len:
+            return self
+        if self.is_rectangular:
+            raise ValueError(
+                f"this layout already has {self.q_len} queries; call last_queries on the square "
+                "layout"
+            )
+        hit = self._chunks.get(q_len)
+        if hit is None:
+            seg = self.text_segment
+            hit = Layout(
+                self.seq_len,
+                self.mask_mod,
+                q_len=q_len,
+                block_size=self.block_size,
+                text_segment=seg if seg[1] else None,
+                name=f"{self._label()}, last {q_len} queries",
+                key_hint=self.key_hint,
+            )
+            self._chunks[q_len] = hit
+        return hit
 
     @property
     def fill(self) -> float:
@@ -305,6 +413,8 @@ class Layout:
             raise ValueError(
                 f"cannot combine layouts of lengths {self.seq_len} and {other.seq_len}"
             )
+        if self.is_rectangular or other.is_rectangular:
+            raise ValueError("combine square layouts, then call last_queries on the result")
         a, b = self.mask_mod, other.mask_mod
         same_perm = (self._perm is None and other._perm is None) or (
             self._perm is not None
@@ -313,6 +423,11 @@ class Layout:
         )
         # the text segment (padded by text_lens) survives when the two agree or one has none
         segs = {self.text_segment, other.text_segment} - {(0, 0)}
+        ha, hb = self.key_hint, other.key_hint
+        if sym == "|":  # a union's keys: both hints' (a missing hint: any key)
+            hint = None if ha is None or hb is None else (lambda q: torch.cat([ha(q), hb(q)]))
+        else:  # an intersection's keys lie in either one's
+            hint = ha or hb
         return Layout(
             self.seq_len,
             lambda q, k: op(torch.as_tensor(a(q, k)), torch.as_tensor(b(q, k))),
@@ -320,6 +435,7 @@ class Layout:
             perm=self._perm if same_perm else None,
             text_segment=segs.pop() if len(segs) == 1 else None,
             name=f"({self._label()} {sym} {other._label()})",
+            key_hint=hint,
         )
 
     def __or__(self, other) -> Layout:
@@ -331,10 +447,12 @@ class Layout:
         return self._combine(other, torch.logical_and, "&")
 
     def dense_mask(self, device=None) -> torch.Tensor:
-        """[L, L] bool, True where query (row) may attend key (column); sequence order."""
+        """[q_len, L] bool (q_len = L unless rectangular), True where query (row) may attend
+        key (column); sequence order (row i is position L - q_len + i)."""
         idx = torch.arange(self.seq_len)
-        m = torch.as_tensor(self.mask_mod(idx[:, None], idx[None, :]), dtype=torch.bool)
-        return m.expand(self.seq_len, self.seq_len).to(device)
+        qi = idx[self.seq_len - self.q_len :]
+        m = torch.as_tensor(self.mask_mod(qi[:, None], idx[None, :]), dtype=torch.bool)
+        return m.expand(self.q_len, self.seq_len).to(device)
 
     def keys_for_query(self, pos: int, device=None) -> torch.Tensor:
         """Sequence positions (int32, ascending) that query `pos` may attend."""
@@ -408,14 +526,15 @@ class Layout:
 
         m = self.dense_mask().to(torch.uint8) * 255
         img = m.clone()
-        grid = torch.arange(0, self.seq_len, self.block_size)
+        rows = torch.arange(0, self.q_len, self.block_size)
+        cols = torch.arange(0, self.seq_len, self.block_size)
         if self._perm is None:
-            img[grid, :] = torch.where(m[grid, :] > 0, 200, 60).to(torch.uint8)
-            img[:, grid] = torch.where(m[:, grid] > 0, 200, 60).to(torch.uint8)
+            img[rows, :] = torch.where(m[rows, :] > 0, 200, 60).to(torch.uint8)
+            img[:, cols] = torch.where(m[:, cols] > 0, 200, 60).to(torch.uint8)
         scale = scale or max(1, 512 // self.seq_len)
         pic = Image.fromarray(img.numpy(), mode="L")
         if scale > 1:
-            pic = pic.resize((self.seq_len * scale,) * 2, Image.NEAREST)
+            pic = pic.resize((self.seq_len * scale, self.q_len * scale), Image.NEAREST)
         pic.save(path)
 
     def _label(self) -> str:
@@ -428,10 +547,11 @@ class Layout:
         return self.name or "custom"
 
     def __repr__(self) -> str:
+        q = f", q_len={self.q_len}" if self.is_rectangular else ""
         return (
-            f"Layout({self._label()}, L={self.seq_len}, block={self.block_size}, "
-            f"tiles={self.num_tiles}/{self.num_blocks**2} ({self.num_partial} partial), "
-            f"fill={self.fill:.2f})"
+            f"Layout({self._label()}, L={self.seq_len}{q}, block={self.block_size}, "
+            f"tiles={self.num_tiles}/{self.num_q_blocks * self.num_blocks} "
+            f"({self.num_partial} partial), fill={self.fill:.2f})"
         )
 
 

@@ -71,8 +71,10 @@ class LayoutCache:
 class SparseAttention(nn.Module):
     """out = softmax(q k^T * scale, restricted to the layout) v, on vilg's kernels.
 
-    forward(q, k, v, *, text_lens=None, key_lens=None): q [B, heads, L, D], k, v
-    [B, kv_heads, L, D] (heads a multiple of kv_heads) -> [B, heads, L, D]."""
+    forward(q, k, v, *, text_lens=None, key_lens=None): q [B, heads, Lq, D], k, v
+    [B, kv_heads, L, D] (heads a multiple of kv_heads) -> [B, heads, Lq, D]. The layout is
+    the key length's; Lq < L (a chunk of queries against a KV cache, causal layouts) takes
+    its last Lq rows."""
 
     def __init__(
         self, layout_fn: Layout | LayoutFn, *, scale: float | None = None, cache_size: int = 8
@@ -92,7 +94,7 @@ class SparseAttention(nn.Module):
         return self.layouts.get(seq_len)
 
     def forward(self, q, k, v, *, text_lens=None, key_lens=None):
-        lay = self.layouts.get(q.shape[2], q.device)
+        lay = self.layouts.get(k.shape[2], k.device)
         return sparse_attention(
             q, k, v, lay, scale=self.scale, text_lens=text_lens, key_lens=key_lens
         )

@@ -54,14 +54,24 @@ def _make(
     block_size: int | None,
     perm: torch.Tensor | None = None,
     grid: bool = False,
+    key_hint: Callable | None = None,
 ):
-    """Layout over [prefix | n pattern tokens]; `mask_mod` and `perm` index the pattern part."""
+    """Layout over [prefix | n pattern tokens]; `mask_mod`, `perm` and `key_hint` (see
+    vilg.layouts.KeyHint: the pattern positions its queries may attend, a superset) index the
+    pattern part."""
     from vilg.layouts import Layout  # vilg.layouts re-exports this module: import late
 
     prefix = _pos_int(prefix, "prefix", 0)
     bs = 64 if block_size is None else block_size
     if prefix:
         base = mask_mod
+        if key_hint is not None:
+            inner_hint = key_hint
+
+            def key_hint(q):  # global queries see every key; the others the prefix, and more
+                if bool((q < prefix).any()):
+                    return torch.arange(n + prefix)
+                return torch.cat([torch.arange(prefix), inner_hint(q - prefix) + prefix])
 
         def mask_mod(q, k):
             glob = (q < prefix) | (k < prefix)
@@ -80,7 +90,13 @@ def _make(
         perm=perm,
         text_segment=(0, prefix) if prefix else None,
         name=name,
+        key_hint=key_hint,
     )
+
+
+def _span(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Positions min(lo) .. max(hi) (a key hint's range)."""
+    return torch.arange(min(lo.tolist()), max(hi.tolist()) + 1)
 
 
 def causal(seq_len: int, *, prefix: int = 0, block_size: int | None = None) -> Layout:
@@ -102,12 +118,14 @@ def sliding_window(
     L, w = _pos_int(seq_len, "seq_len"), _pos_int(window, "window")
     if causal:
         fn = lambda q, k: (k <= q) & (q - k < w)  # noqa: E731
+        hint = lambda q: _span(q - w + 1, q)  # noqa: E731
     else:
         if w % 2 == 0:
             raise ValueError(f"a bidirectional window must be odd (centred), got {w}")
         fn = lambda q, k: (q - k).abs() <= w // 2  # noqa: E731
+        hint = lambda q: _span(q - w // 2, q + w // 2)  # noqa: E731
     name = f"sliding_window(L={L}, window={w}{'' if causal else ', bidirectional'})"
-    return _make(L, fn, name, prefix=prefix, block_size=block_size)
+    return _make(L, fn, name, prefix=prefix, block_size=block_size, key_hint=hint)
 
 
 def _window_bounds(n: int, window: int, dilation: int, causal: bool) -> torch.Tensor:
@@ -127,12 +145,13 @@ def _window_bounds(n: int, window: int, dilation: int, causal: bool) -> torch.Te
     return torch.stack([lo, lo + window - 1], 1)
 
 
-def _span_tiles(bounds: torch.Tensor, d: int, n: int, p: int) -> torch.Tensor:
-    """For each run of p coordinates (a patch side), how many runs its keys touch."""
-    lo = bounds[:, 0] * d + torch.arange(n) % d  # first / last key coordinate of each query
-    hi = bounds[:, 1] * d + torch.arange(n) % d
-    lo, hi = lo.reshape(-1, p).min(1).values, hi.reshape(-1, p).max(1).values
-    return hi // p - lo // p + 1
+def _span_tiles(bounds: torch.Tensor, d: int, n: int, p: int) -> list[int]:
+    """For each run of p coordinates (a patch side), how many runs its keys touch. (Plain
+    Python: a few hundred numbers, where tensor ops cost more than they compute.)"""
+    b = bounds.tolist()
+    lo = [b[i][0] * d + i % d for i in range(n)]  # first / last key coordinate of each query
+    hi = [b[i][1] * d + i % d for i in range(n)]
+    return [max(hi[j : j + p]) // p - min(lo[j : j + p]) // p + 1 for j in range(0, n, p)]
 
 
 def _patch_order(H: int, W: int, ph: int, pw: int) -> torch.Tensor | None:
@@ -184,7 +203,19 @@ def neighborhood_2d(
 
     def fn(q, k):
         q, k = torch.as_tensor(q), torch.as_tensor(k)
+        if q.dim() == 2 and k.dim() == 2 and q.shape[1] == 1 and k.shape[0] == 1:
+            # the build's [queries, 1] x [1, keys] call: row gathers, no 2-D index math
+            q, k = q[:, 0], k[0]
+            return row_ok[q // W][:, k // W] & col_ok[q % W][:, k % W]
         return row_ok[q // W, k // W] & col_ok[q % W, k % W]
+
+    def hint(q):  # the bounding box of the queries' windows
+        r, c = q // W, q % W
+        rr, cc = (
+            _span(rows[r, 0] * dh + r % dh, rows[r, 1] * dh + r % dh),
+            _span(cols[c, 0] * dw + c % dw, cols[c, 1] * dw + c % dw),
+        )
+        return (rr[:, None] * W + cc[None, :]).flatten()
 
     name = f"neighborhood_2d(grid=({H}, {W}), window=({kh}, {kw})"
     name += (f", dilation=({dh}, {dw})" if (dh, dw) != (1, 1) else "") + (
@@ -198,10 +229,12 @@ def neighborhood_2d(
         pw = bs // ph
         if H % ph or W % pw:
             continue
-        cost = int((_span_tiles(rows, dh, H, ph)[:, None] * _span_tiles(cols, dw, W, pw)).sum())
+        cost = sum(_span_tiles(rows, dh, H, ph)) * sum(_span_tiles(cols, dw, W, pw))
         if best is None or cost < best:
             best, perm = cost, _patch_order(H, W, ph, pw)
-    return _make(H * W, fn, name, prefix=prefix, block_size=block_size, perm=perm, grid=True)
+    return _make(
+        H * W, fn, name, prefix=prefix, block_size=block_size, perm=perm, grid=True, key_hint=hint
+    )
 
 
 def axial(
@@ -221,11 +254,18 @@ def axial(
     perm = None
     if axis == "row":
         fn = lambda q, k: (q // W == k // W) & ((k <= q) if causal else True)  # noqa: E731
+        hint = lambda q: _span(q // W * W, q // W * W + W - 1)  # noqa: E731
     else:
         fn = lambda q, k: (q % W == k % W) & ((k <= q) if causal else True)  # noqa: E731
         perm = torch.arange(H * W).reshape(H, W).t().flatten()
+
+        def hint(q):  # the queries' columns, every row
+            return (torch.arange(H)[:, None] * W + torch.unique(q % W)[None, :]).flatten()
+
     name = f"axial(grid=({H}, {W}), {axis}{', causal' if causal else ''})"
-    return _make(H * W, fn, name, prefix=prefix, block_size=block_size, perm=perm, grid=True)
+    return _make(
+        H * W, fn, name, prefix=prefix, block_size=block_size, perm=perm, grid=True, key_hint=hint
+    )
 
 
 def document(

@@ -11,8 +11,9 @@ namespace vilg {
 namespace {
 
 // The layout's arrays, in the order vilg.layouts.Layout.kernel_arrays() returns them.
-BlockSparse make_layout(const py::tuple& arrays, int seq_len, int block, int text_start,
-                        int text_len, int device) {
+// q_len: query rows, seq_len: keys (equal unless the layout is rectangular).
+BlockSparse make_layout(const py::tuple& arrays, int q_len, int seq_len, int block,
+                        int text_start, int text_len, int device) {
   check(arrays.size() == 8, "layout: expected 8 arrays");
   auto ref = [&](int i, DType dt, const char* name) -> const TensorRef* {
     const TensorRef* r = opt_ref(arrays[i]);
@@ -24,9 +25,13 @@ BlockSparse make_layout(const py::tuple& arrays, int seq_len, int block, int tex
   };
   check(block > 0 && block % 16 == 0, "layout: block size must be a positive multiple of 16");
   BlockSparse ls;
+  check(q_len > 0 && seq_len > 0 && q_len <= seq_len,
+        "layout: need 0 < query length <= key length");
   ls.seq_len = seq_len;
+  ls.q_len = q_len;
   ls.block = block;
-  ls.num_q_blocks = ls.num_k_blocks = (seq_len + block - 1) / block;
+  ls.num_q_blocks = (q_len + block - 1) / block;
+  ls.num_k_blocks = (seq_len + block - 1) / block;
   const TensorRef* q_ptr = ref(0, DType::I32, "q_ptr");
   const TensorRef* k_ptr = ref(3, DType::I32, "k_ptr");
   const TensorRef* masks = ref(6, DType::I64, "masks");
@@ -36,6 +41,7 @@ BlockSparse make_layout(const py::tuple& arrays, int seq_len, int block, int tex
         "layout: block pointer arrays do not match the sequence length");
   check(masks->size(1) == block, "layout: mask tiles do not match the block size");
   check(!perm || perm->size(0) == seq_len, "layout: permutation length differs from L");
+  check(!perm || q_len == seq_len, "layout: a rectangular layout cannot permute");
   check(text_start >= 0 && text_len >= 0 && text_start + text_len <= seq_len,
         "layout: text segment outside the sequence");
   ls.q_ptr = q_ptr->data<int32_t>();
@@ -52,11 +58,12 @@ BlockSparse make_layout(const py::tuple& arrays, int seq_len, int block, int tex
   return ls;
 }
 
-void check_bhld(const TensorRef& t, const char* name, const TensorRef& q, int L) {
+// t must be [batch, heads, L, head_dim] like q, with `heads` heads.
+void check_bhld(const TensorRef& t, const char* name, const TensorRef& q, int L, int64_t heads) {
   check(t.dim() == 4, std::string(name) + " must be [batch, heads, seq, head_dim]");
   check(t.dtype == q.dtype, std::string(name) + " dtype differs from q");
   check(t.device == q.device, std::string(name) + " is on another device than q");
-  check(t.size(0) == q.size(0) && t.size(1) == q.size(1) && t.size(3) == q.size(3),
+  check(t.size(0) == q.size(0) && t.size(1) == heads && t.size(3) == q.size(3),
         std::string(name) + " shape differs from q");
   check(t.size(2) == L, std::string(name) + " sequence length differs from the layout");
   check(t.stride(3) == 1, std::string(name) + " must have a contiguous last dimension");
@@ -71,18 +78,23 @@ AttnParams make_params(const TensorRef& q, const TensorRef& k, const TensorRef& 
                        const py::object& text_lens, float scale) {
   check(q.dtype == DType::F32 || q.dtype == DType::F16 || q.dtype == DType::BF16,
         "attention supports float32, float16 and bfloat16");
-  const int L = ls.seq_len;
-  for (auto [t, n] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&o, "out"}})
-    check_bhld(*t, n, q, L);
+  check(q.dim() == 4 && k.dim() == 4, "q, k must be [batch, heads, seq, head_dim]");
+  const int64_t H = q.size(1), Hk = k.size(1);
+  check(Hk >= 1 && H % Hk == 0, "q heads must be a multiple of k/v heads");
+  check_bhld(q, "q", q, ls.q_len, H);
+  check_bhld(o, "out", q, ls.q_len, H);
+  check_bhld(k, "k", q, ls.seq_len, Hk);
+  check_bhld(v, "v", q, ls.seq_len, Hk);
   check_ref(lse, "lse", DType::F32, 3);
   check(lse.contiguous() && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) &&
-            lse.size(2) == L && lse.device == q.device,
+            lse.size(2) == ls.q_len && lse.device == q.device,
         "lse must be a contiguous float32 [batch, heads, seq] buffer on q's device");
   AttnParams p;
   p.ls = ls;
   p.batch = int(q.size(0));
   p.heads = int(q.size(1));
   p.head_dim = int(q.size(3));
+  p.kv_group = int(H / Hk);
   p.scale = scale;
   check(p.head_dim > 0 && p.head_dim <= 256, "head_dim must be in 1..256");
   if (const TensorRef* tl = opt_ref(text_lens)) {
@@ -105,9 +117,10 @@ AttnParams make_params(const TensorRef& q, const TensorRef& k, const TensorRef& 
 
 void attention_fwd(const TensorRef& q, const TensorRef& k, const TensorRef& v,
                    const TensorRef& o, const TensorRef& lse, const py::tuple& layout,
-                   int seq_len, int block, int text_start, int text_len,
+                   int q_len, int seq_len, int block, int text_start, int text_len,
                    const py::object& text_lens, float scale, uintptr_t stream) {
-  const BlockSparse ls = make_layout(layout, seq_len, block, text_start, text_len, q.device);
+  const BlockSparse ls =
+      make_layout(layout, q_len, seq_len, block, text_start, text_len, q.device);
   const AttnParams p = make_params(q, k, v, o, lse, ls, text_lens, scale);
   if (q.is_cuda()) {
 #ifdef VILG_WITH_CUDA
@@ -125,13 +138,16 @@ void attention_fwd(const TensorRef& q, const TensorRef& k, const TensorRef& v,
 void attention_bwd(const TensorRef& dout, const TensorRef& q, const TensorRef& k,
                    const TensorRef& v, const TensorRef& o, const TensorRef& lse,
                    const TensorRef& dq, const TensorRef& dk, const TensorRef& dv,
-                   const TensorRef& delta, const py::tuple& layout, int seq_len, int block,
-                   int text_start, int text_len, const py::object& text_lens, float scale,
-                   uintptr_t stream) {
-  const BlockSparse ls = make_layout(layout, seq_len, block, text_start, text_len, q.device);
+                   const TensorRef& delta, const py::tuple& layout, int q_len, int seq_len,
+                   int block, int text_start, int text_len, const py::object& text_lens,
+                   float scale, uintptr_t stream) {
+  const BlockSparse ls =
+      make_layout(layout, q_len, seq_len, block, text_start, text_len, q.device);
   AttnParams p = make_params(q, k, v, o, lse, ls, text_lens, scale);
-  for (auto [t, n] : {std::pair{&dout, "grad_out"}, {&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}})
-    check_bhld(*t, n, q, seq_len);
+  check_bhld(dout, "grad_out", q, q_len, q.size(1));
+  check_bhld(dq, "dq", q, q_len, q.size(1));
+  check_bhld(dk, "dk", q, seq_len, k.size(1));
+  check_bhld(dv, "dv", q, seq_len, k.size(1));
   check_ref(delta, "delta", DType::F32, 3);
   check(delta.contiguous() && delta.numel() == lse.numel() && delta.device == q.device,
         "delta must be a contiguous float32 workspace shaped like lse");

@@ -9,7 +9,12 @@
 namespace vilg {
 
 struct BlockSparse {
-  int seq_len = 0;  // L
+  int seq_len = 0;  // L: keys (rows of k, v, dk, dv)
+  // Query rows (of q, o, lse, dq, dout): seq_len, or fewer for a rectangular layout, whose
+  // query rows are the *last* q_len positions of the sequence (a chunk of new queries against
+  // a longer KV cache). Query tile i holds query rows i*block .., so the in-tile masks carry
+  // the offset; a rectangular layout has no permutation.
+  int q_len = 0;
   int block = 64;   // square tile size (query rows = key columns)
   int num_q_blocks = 0, num_k_blocks = 0;
   // CSR by query block: entries q_ptr[i] .. q_ptr[i+1] list key blocks q_kv[e], ascending, each
@@ -22,7 +27,7 @@ struct BlockSparse {
   const int32_t* k_q = nullptr;
   const int32_t* k_mask = nullptr;
   // In-tile masks: [num_masks][block][mask_words] bitsets, bit c of row r set = may attend.
-  // Rows/columns outside [0, L) are always clear, and full tiles lie wholly inside.
+  // Rows outside [0, q_len) and columns outside [0, L) are always clear, and full tiles lie wholly inside.
   const uint64_t* masks = nullptr;
   int mask_words = 1;
   const int32_t* perm = nullptr;
@@ -34,6 +39,9 @@ struct BlockSparse {
 struct AttnParams {
   BlockSparse ls;
   int batch = 0, heads = 0, head_dim = 0;
+  // GQA / MQA: k, v (and dk, dv) have heads / kv_group heads; q head h reads k/v head
+  // h / kv_group (transformers' repeat_kv order). 1: as many k/v heads as q heads.
+  int kv_group = 1;
   float scale = 1.f;
   const int32_t* text_lens = nullptr;  // [batch] or null
 
@@ -42,10 +50,11 @@ struct AttnParams {
   const void* k = nullptr;
   const void* v = nullptr;
   void* o = nullptr;
-  float* lse = nullptr;  // [batch, heads, L] contiguous; -inf for a row with no allowed key
+  float* lse = nullptr;  // [batch, heads, q_len] contiguous; -inf for a row with no allowed key
   int64_t q_s[3] = {0, 0, 0}, k_s[3] = {0, 0, 0}, v_s[3] = {0, 0, 0}, o_s[3] = {0, 0, 0};
 
-  // Backward: do -> dq, dk, dv; delta = rowsum(do * o) is a [batch, heads, L] fp32 workspace.
+  // Backward: do -> dq, dk, dv; delta = rowsum(do * o) is a [batch, heads, q_len] fp32
+  // workspace.
   const void* dout = nullptr;
   void* dq = nullptr;
   void* dk = nullptr;

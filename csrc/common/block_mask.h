@@ -37,6 +37,10 @@ VILG_HD bool tile_has_padding(const BlockSparse& ls, int kb, int text_valid) {
   return lo < hi && kb * ls.block < hi && (kb + 1) * ls.block > lo;
 }
 
+// The k/v head that q head h reads (GQA / MQA), and how many k/v heads there are.
+VILG_HD int kv_head(const AttnParams& p, int h) { return h / p.kv_group; }
+VILG_HD int kv_heads(const AttnParams& p) { return p.heads / p.kv_group; }
+
 // Real caption length of sample b, clamped to [0, text_len] so bad values cannot read past.
 VILG_HD int text_valid_len(const AttnParams& p, int b) {
   if (!p.text_lens) return p.ls.text_len;

@@ -4,7 +4,9 @@
 // single time, accumulating dK/dV in per-thread buffers; "tiles" splits the work into a dQ pass
 // per query tile (CSR) and a dK/dV pass per key tile (CSC), recomputing P and dS in each, but
 // has batch x heads x tiles tasks to spread over the threads. Fused is used when batch x heads
-// alone keeps every thread busy; VILG_CPU_ATTN_BWD=fused|tiles forces one.
+// alone keeps every thread busy; VILG_CPU_ATTN_BWD=fused|tiles forces one. GQA: a k/v head's
+// dK, dV sum over the q heads of its group, accumulated in one task (no atomics, no per-q-head
+// copies).
 #include <omp.h>
 
 #include <cstdlib>
@@ -19,14 +21,15 @@
 namespace vilg::cpu {
 namespace {
 
-void load_rowvec(float* dst, const float* src, const BlockSparse& ls, int p0, int bs, float pad) {
-  for (int r = 0; r < bs; ++r) dst[r] = p0 + r < ls.seq_len ? src[seq_row(ls, p0 + r)] : pad;
+void load_rowvec(float* dst, const float* src, const BlockSparse& ls, int len, int p0, int bs,
+                 float pad) {
+  for (int r = 0; r < bs; ++r) dst[r] = p0 + r < len ? src[seq_row(ls, p0 + r)] : pad;
 }
 
-// delta = rowsum(dO * O), per sequence row.
+// delta = rowsum(dO * O), per query row.
 template <typename T>
 void delta_pass(const AttnParams& p) {
-  const int L = p.ls.seq_len, D = p.head_dim;
+  const int L = p.ls.q_len, D = p.head_dim;
   const int64_t rows = int64_t(p.batch) * p.heads * L;
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < rows; ++t) {
@@ -89,27 +92,31 @@ void pair_accumulate(Scratch& s, const QuerySide& qs, const KeySide& ks, int mq,
   if (dk) gemm_tn_ksparse(mk, Dp, mq, s.dP.data(), mk, qs.Q, Dp, dk, Dp, occ->cols);
 }
 
+// Key tile kb of k/v head hk.
 template <typename T>
-void load_key_side(const KeySide& ks, const AttnParams& p, int b, int h, int kb) {
+void load_key_side(const KeySide& ks, const AttnParams& p, int b, int hk, int kb) {
   const BlockSparse& ls = p.ls;
-  const int bs = ls.block, D = p.head_dim, Dp = round16(D);
-  const T* kbase = slice<const T>(p.k, p.k_s, b, h);
-  load_tile(ks.Kt, bs, kbase, p.k_s[2], ls, kb * bs, bs, D, Dp, true);
-  load_tile(ks.K, Dp, kbase, p.k_s[2], ls, kb * bs, bs, D, Dp, false);
-  load_tile(ks.Vt, bs, slice<const T>(p.v, p.v_s, b, h), p.v_s[2], ls, kb * bs, bs, D, Dp, true);
+  const int bs = ls.block, D = p.head_dim, Dp = round16(D), L = ls.seq_len;
+  const T* kbase = slice<const T>(p.k, p.k_s, b, hk);
+  load_tile(ks.Kt, bs, kbase, p.k_s[2], ls, L, kb * bs, bs, D, Dp, true);
+  load_tile(ks.K, Dp, kbase, p.k_s[2], ls, L, kb * bs, bs, D, Dp, false);
+  load_tile(ks.Vt, bs, slice<const T>(p.v, p.v_s, b, hk), p.v_s[2], ls, L, kb * bs, bs, D, Dp,
+            true);
 }
 
+// Query tile qb of q head h.
 template <typename T>
 void load_query_side(const QuerySide& qs, const AttnParams& p, int b, int h, int qb) {
   const BlockSparse& ls = p.ls;
-  const int bs = ls.block, D = p.head_dim, Dp = round16(D);
-  const int64_t off = (int64_t(b) * p.heads + h) * ls.seq_len;
-  load_tile(qs.Q, Dp, slice<const T>(p.q, p.q_s, b, h), p.q_s[2], ls, qb * bs, bs, D, Dp, false);
-  load_tile(qs.dO, Dp, slice<const T>(p.dout, p.do_s, b, h), p.do_s[2], ls, qb * bs, bs, D, Dp,
+  const int bs = ls.block, D = p.head_dim, Dp = round16(D), Lq = ls.q_len;
+  const int64_t off = (int64_t(b) * p.heads + h) * Lq;
+  load_tile(qs.Q, Dp, slice<const T>(p.q, p.q_s, b, h), p.q_s[2], ls, Lq, qb * bs, bs, D, Dp,
             false);
-  // Rows past L get lse = -inf, so their probabilities are zero.
-  load_rowvec(qs.lse, p.lse + off, ls, qb * bs, bs, -__builtin_inff());
-  load_rowvec(qs.delta, p.delta + off, ls, qb * bs, bs, 0.f);
+  load_tile(qs.dO, Dp, slice<const T>(p.dout, p.do_s, b, h), p.do_s[2], ls, Lq, qb * bs, bs, D,
+            Dp, false);
+  // Rows past q_len get lse = -inf, so their probabilities are zero.
+  load_rowvec(qs.lse, p.lse + off, ls, Lq, qb * bs, bs, -__builtin_inff());
+  load_rowvec(qs.delta, p.delta + off, ls, Lq, qb * bs, bs, 0.f);
 }
 
 // The tile's row masks and, for a partial tile, its occupancy (null for a full tile).
@@ -136,22 +143,22 @@ void dq_pass(const AttnParams& p) {
     for (int64_t t = 0; t < tasks; ++t) {
       const int qb = int(t % ls.num_q_blocks), h = int((t / ls.num_q_blocks) % p.heads);
       const int b = int(t / (int64_t(ls.num_q_blocks) * p.heads));
-      const int tv = text_valid_len(p, b);
+      const int tv = text_valid_len(p, b), hk = kv_head(p, h);
       load_query_side<T>(qs, p, b, h, qb);
       std::fill(s.acc.begin(), s.acc.end(), 0.f);
-      const int mq = valid16(ls, qb);
+      const int mq = valid16(ls, ls.q_len, qb);
       for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
-        const int kb = ls.q_kv[e], mk = valid16(ls, kb);
+        const int kb = ls.q_kv[e], mk = valid16(ls, ls.seq_len, kb);
         const uint64_t* rm = tile_rowmask(s.mask, ls, ls.q_mask[e], kb, tv);
         bool fresh;
-        const KeySide ks(keys.get(t / ls.num_q_blocks, kb, fresh), bs, Dp);
-        if (fresh) load_key_side<T>(ks, p, b, h, kb);
+        const KeySide ks(keys.get(int64_t(b) * kv_heads(p) + hk, kb, fresh), bs, Dp);
+        if (fresh) load_key_side<T>(ks, p, b, hk, kb);
         const Occupancy* o = tile_occupancy(occ, rm, ls.mask_words, mq, mk);
         pair_grads(s, qs, ks, bs, mq, mk, Dp, p.scale, rm, ls.mask_words, o);
         pair_accumulate(s, qs, ks, mq, mk, Dp, o, s.acc.data(), nullptr, nullptr);
       }
-      store_tile(slice<T>(p.dq, p.dq_s, b, h), p.dq_s[2], s.acc.data(), Dp, ls, qb * bs, bs, D,
-                 p.scale);
+      store_tile(slice<T>(p.dq, p.dq_s, b, h), p.dq_s[2], s.acc.data(), Dp, ls, ls.q_len, qb * bs,
+                 bs, D, p.scale);
     }
   }
 }
@@ -160,7 +167,8 @@ template <typename T>
 void dkdv_pass(const AttnParams& p) {
   const BlockSparse& ls = p.ls;
   const int bs = ls.block, D = p.head_dim, Dp = round16(D);
-  const int64_t tasks = int64_t(p.batch) * p.heads * ls.num_k_blocks;
+  const int Hk = kv_heads(p);
+  const int64_t tasks = int64_t(p.batch) * Hk * ls.num_k_blocks;
 #pragma omp parallel
   {
     Scratch s(bs, Dp);
@@ -170,27 +178,29 @@ void dkdv_pass(const AttnParams& p) {
     Occupancy occ;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
-      const int kb = int(t % ls.num_k_blocks), h = int((t / ls.num_k_blocks) % p.heads);
-      const int b = int(t / (int64_t(ls.num_k_blocks) * p.heads));
+      const int kb = int(t % ls.num_k_blocks), hk = int((t / ls.num_k_blocks) % Hk);
+      const int b = int(t / (int64_t(ls.num_k_blocks) * Hk));
       const int tv = text_valid_len(p, b);
-      load_key_side<T>(ks, p, b, h, kb);
+      load_key_side<T>(ks, p, b, hk, kb);
       std::fill(s.acc.begin(), s.acc.end(), 0.f);   // dK
       std::fill(s.acc2.begin(), s.acc2.end(), 0.f);  // dV
-      const int mk = valid16(ls, kb);
-      for (int e = ls.k_ptr[kb]; e < ls.k_ptr[kb + 1]; ++e) {
-        const int qb = ls.k_q[e], mq = valid16(ls, qb);
-        const uint64_t* rm = tile_rowmask(s.mask, ls, ls.k_mask[e], kb, tv);
-        bool fresh;
-        const QuerySide qs(queries.get(t / ls.num_k_blocks, qb, fresh), bs, Dp);
-        if (fresh) load_query_side<T>(qs, p, b, h, qb);
-        const Occupancy* o = tile_occupancy(occ, rm, ls.mask_words, mq, mk);
-        pair_grads(s, qs, ks, bs, mq, mk, Dp, p.scale, rm, ls.mask_words, o);
-        pair_accumulate(s, qs, ks, mq, mk, Dp, o, nullptr, s.acc.data(), s.acc2.data());
+      const int mk = valid16(ls, ls.seq_len, kb);
+      for (int h = hk * p.kv_group; h < (hk + 1) * p.kv_group; ++h) {  // the group's q heads
+        for (int e = ls.k_ptr[kb]; e < ls.k_ptr[kb + 1]; ++e) {
+          const int qb = ls.k_q[e], mq = valid16(ls, ls.q_len, qb);
+          const uint64_t* rm = tile_rowmask(s.mask, ls, ls.k_mask[e], kb, tv);
+          bool fresh;
+          const QuerySide qs(queries.get(int64_t(b) * p.heads + h, qb, fresh), bs, Dp);
+          if (fresh) load_query_side<T>(qs, p, b, h, qb);
+          const Occupancy* o = tile_occupancy(occ, rm, ls.mask_words, mq, mk);
+          pair_grads(s, qs, ks, bs, mq, mk, Dp, p.scale, rm, ls.mask_words, o);
+          pair_accumulate(s, qs, ks, mq, mk, Dp, o, nullptr, s.acc.data(), s.acc2.data());
+        }
       }
-      store_tile(slice<T>(p.dk, p.dk_s, b, h), p.dk_s[2], s.acc.data(), Dp, ls, kb * bs, bs, D,
-                 p.scale);
-      store_tile(slice<T>(p.dv, p.dv_s, b, h), p.dv_s[2], s.acc2.data(), Dp, ls, kb * bs, bs, D,
-                 1.f);
+      store_tile(slice<T>(p.dk, p.dk_s, b, hk), p.dk_s[2], s.acc.data(), Dp, ls, ls.seq_len,
+                 kb * bs, bs, D, p.scale);
+      store_tile(slice<T>(p.dv, p.dv_s, b, hk), p.dv_s[2], s.acc2.data(), Dp, ls, ls.seq_len,
+                 kb * bs, bs, D, 1.f);
     }
   }
 }
@@ -200,7 +210,8 @@ void fused_pass(const AttnParams& p) {
   const BlockSparse& ls = p.ls;
   const int bs = ls.block, D = p.head_dim, Dp = round16(D);
   const size_t tile = size_t(bs) * Dp, all = tile * ls.num_k_blocks;
-  const int64_t tasks = int64_t(p.batch) * p.heads;
+  const int Hk = kv_heads(p);
+  const int64_t tasks = int64_t(p.batch) * Hk;  // one per (sample, k/v head)
 #pragma omp parallel
   {
     Scratch s(bs, Dp);
@@ -211,33 +222,35 @@ void fused_pass(const AttnParams& p) {
     std::vector<float> dK(all), dV(all);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
-      const int h = int(t % p.heads), b = int(t / p.heads);
+      const int hk = int(t % Hk), b = int(t / Hk);
       const int tv = text_valid_len(p, b);
       std::fill(dK.begin(), dK.end(), 0.f);
       std::fill(dV.begin(), dV.end(), 0.f);
-      for (int qb = 0; qb < ls.num_q_blocks; ++qb) {
-        load_query_side<T>(qs, p, b, h, qb);
-        std::fill(s.acc.begin(), s.acc.end(), 0.f);  // dQ
-        const int mq = valid16(ls, qb);
-        for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
-          const int kb = ls.q_kv[e], mk = valid16(ls, kb);
-          const uint64_t* rm = tile_rowmask(s.mask, ls, ls.q_mask[e], kb, tv);
-          bool fresh;
-          const KeySide ks(keys.get(t, kb, fresh), bs, Dp);
-          if (fresh) load_key_side<T>(ks, p, b, h, kb);
-          const Occupancy* o = tile_occupancy(occ, rm, ls.mask_words, mq, mk);
-          pair_grads(s, qs, ks, bs, mq, mk, Dp, p.scale, rm, ls.mask_words, o);
-          pair_accumulate(s, qs, ks, mq, mk, Dp, o, s.acc.data(), dK.data() + tile * kb,
-                          dV.data() + tile * kb);
+      for (int h = hk * p.kv_group; h < (hk + 1) * p.kv_group; ++h) {  // the group's q heads
+        for (int qb = 0; qb < ls.num_q_blocks; ++qb) {
+          load_query_side<T>(qs, p, b, h, qb);
+          std::fill(s.acc.begin(), s.acc.end(), 0.f);  // dQ
+          const int mq = valid16(ls, ls.q_len, qb);
+          for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
+            const int kb = ls.q_kv[e], mk = valid16(ls, ls.seq_len, kb);
+            const uint64_t* rm = tile_rowmask(s.mask, ls, ls.q_mask[e], kb, tv);
+            bool fresh;
+            const KeySide ks(keys.get(t, kb, fresh), bs, Dp);
+            if (fresh) load_key_side<T>(ks, p, b, hk, kb);
+            const Occupancy* o = tile_occupancy(occ, rm, ls.mask_words, mq, mk);
+            pair_grads(s, qs, ks, bs, mq, mk, Dp, p.scale, rm, ls.mask_words, o);
+            pair_accumulate(s, qs, ks, mq, mk, Dp, o, s.acc.data(), dK.data() + tile * kb,
+                            dV.data() + tile * kb);
+          }
+          store_tile(slice<T>(p.dq, p.dq_s, b, h), p.dq_s[2], s.acc.data(), Dp, ls, ls.q_len,
+                     qb * bs, bs, D, p.scale);
         }
-        store_tile(slice<T>(p.dq, p.dq_s, b, h), p.dq_s[2], s.acc.data(), Dp, ls, qb * bs, bs, D,
-                   p.scale);
       }
       for (int kb = 0; kb < ls.num_k_blocks; ++kb) {
-        store_tile(slice<T>(p.dk, p.dk_s, b, h), p.dk_s[2], dK.data() + tile * kb, Dp, ls,
-                   kb * bs, bs, D, p.scale);
-        store_tile(slice<T>(p.dv, p.dv_s, b, h), p.dv_s[2], dV.data() + tile * kb, Dp, ls,
-                   kb * bs, bs, D, 1.f);
+        store_tile(slice<T>(p.dk, p.dk_s, b, hk), p.dk_s[2], dK.data() + tile * kb, Dp, ls,
+                   ls.seq_len, kb * bs, bs, D, p.scale);
+        store_tile(slice<T>(p.dv, p.dv_s, b, hk), p.dv_s[2], dV.data() + tile * kb, Dp, ls,
+                   ls.seq_len, kb * bs, bs, D, 1.f);
       }
     }
   }
@@ -249,7 +262,7 @@ bool use_fused(const AttnParams& p) {
     if (!std::strcmp(mode, "tiles")) return false;
   }
   const int64_t floats = int64_t(p.ls.block) * round16(p.head_dim) * p.ls.num_k_blocks;
-  return int64_t(p.batch) * p.heads >= 4 * int64_t(omp_get_max_threads()) &&
+  return int64_t(p.batch) * kv_heads(p) >= 4 * int64_t(omp_get_max_threads()) &&
          floats <= (int64_t(1) << 22);  // dK + dV scratch: at most 32 MB per thread
 }
 

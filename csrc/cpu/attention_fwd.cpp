@@ -1,5 +1,7 @@
 // Block-sparse attention forward on the CPU: online softmax over the allowed key tiles of each
-// query tile, parallel over batch x heads x query tiles.
+// query tile, parallel over batch x heads x query tiles. GQA: q head h reads k/v head
+// h / kv_group, and the converted key tiles are cached per (sample, k/v head), so the heads of
+// a group share them.
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -15,7 +17,7 @@ namespace {
 template <typename T>
 void fwd_impl(const AttnParams& p) {
   const BlockSparse& ls = p.ls;
-  const int bs = ls.block, D = p.head_dim, Dp = round16(D), L = ls.seq_len;
+  const int bs = ls.block, D = p.head_dim, Dp = round16(D), Lq = ls.q_len, Lk = ls.seq_len;
   const int64_t tasks = int64_t(p.batch) * p.heads * ls.num_q_blocks;
 #pragma omp parallel
   {
@@ -29,26 +31,28 @@ void fwd_impl(const AttnParams& p) {
       const int h = int((t / ls.num_q_blocks) % p.heads);
       const int b = int(t / (int64_t(ls.num_q_blocks) * p.heads));
       const int tv = text_valid_len(p, b);
-      const T* kbase = slice<const T>(p.k, p.k_s, b, h);
-      const T* vbase = slice<const T>(p.v, p.v_s, b, h);
-      load_tile(Q.data(), Dp, slice<const T>(p.q, p.q_s, b, h), p.q_s[2], ls, qb * bs, bs, D, Dp,
-                false);
+      const int hk = kv_head(p, h);
+      const int64_t kv_owner = int64_t(b) * kv_heads(p) + hk;
+      const T* kbase = slice<const T>(p.k, p.k_s, b, hk);
+      const T* vbase = slice<const T>(p.v, p.v_s, b, hk);
+      load_tile(Q.data(), Dp, slice<const T>(p.q, p.q_s, b, h), p.q_s[2], ls, Lq, qb * bs, bs, D,
+                Dp, false);
       for (float& x : Q) x *= p.scale;
       std::fill(O.begin(), O.end(), 0.f);
       std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
       std::fill(l.begin(), l.end(), 0.f);
       // Only the rows / columns inside the sequence, rounded up to the microkernel's 16: a short
       // sequence in one 64-wide tile does not pay for the whole tile.
-      const int mq = valid16(ls, qb);
+      const int mq = valid16(ls, Lq, qb);
       for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
-        const int kb = ls.q_kv[e], mk = valid16(ls, kb);
+        const int kb = ls.q_kv[e], mk = valid16(ls, Lk, kb);
         const uint64_t* rm = tile_rowmask(maskbuf, ls, ls.q_mask[e], kb, tv);
         bool fresh;
-        float* Kt = kv.get(t / ls.num_q_blocks, kb, fresh);
+        float* Kt = kv.get(kv_owner, kb, fresh);
         float* V = Kt + size_t(Dp) * bs;
         if (fresh) {
-          load_tile(Kt, bs, kbase, p.k_s[2], ls, kb * bs, bs, D, Dp, true);
-          load_tile(V, Dp, vbase, p.v_s[2], ls, kb * bs, bs, D, Dp, false);
+          load_tile(Kt, bs, kbase, p.k_s[2], ls, Lk, kb * bs, bs, D, Dp, true);
+          load_tile(V, Dp, vbase, p.v_s[2], ls, Lk, kb * bs, bs, D, Dp, false);
         }
         const uint32_t* blocks = nullptr;  // a full tile computes every block
         if (rm) {
@@ -63,15 +67,16 @@ void fwd_impl(const AttnParams& p) {
         else
           gemm_nn(mq, Dp, mk, S.data(), mk, V, Dp, O.data(), Dp);
       }
-      float* lse = p.lse + (int64_t(b) * p.heads + h) * L;
-      for (int r = 0; r < bs && qb * bs + r < L; ++r) {
+      float* lse = p.lse + (int64_t(b) * p.heads + h) * Lq;
+      for (int r = 0; r < bs && qb * bs + r < Lq; ++r) {
         const bool empty = l[r] == 0.f;
         const float inv = empty ? 0.f : 1.f / l[r];
         for (int d = 0; d < Dp; ++d) O[size_t(r) * Dp + d] *= inv;
         lse[seq_row(ls, qb * bs + r)] =
             empty ? -std::numeric_limits<float>::infinity() : m[r] + std::log(l[r]);
       }
-      store_tile(slice<T>(p.o, p.o_s, b, h), p.o_s[2], O.data(), Dp, ls, qb * bs, bs, D, 1.f);
+      store_tile(slice<T>(p.o, p.o_s, b, h), p.o_s[2], O.data(), Dp, ls, Lq, qb * bs, bs, D,
+                 1.f);
     }
   }
 }

@@ -13,18 +13,19 @@ namespace vilg::cpu {
 
 inline int round16(int x) { return (x + 15) / 16 * 16; }
 
-// Rows (or columns) of tile t inside the sequence, rounded up to 16. Padding rows load as zeros
-// and padding columns are masked (full tiles lie wholly inside), so the rounding is harmless.
-inline int valid16(const BlockSparse& ls, int t) {
-  const int n = ls.seq_len - t * ls.block;
+// Rows (or columns) of tile t inside a side of `len` rows (ls.q_len for query tiles, ls.seq_len
+// for key tiles), rounded up to 16. Padding rows load as zeros and padding columns are masked
+// (full tiles lie wholly inside), so the rounding is harmless.
+inline int valid16(const BlockSparse& ls, int len, int t) {
+  const int n = len - t * ls.block;
   return round16(n < ls.block ? n : ls.block);
 }
 
-// Rows p0 .. p0+bs-1 (kernel order) of a [L, D] slice into dst [bs x ld], or transposed into
-// dst [D x ld]. Rows past L and columns past D are zero.
+// Rows p0 .. p0+bs-1 (kernel order) of a [len, D] slice into dst [bs x ld], or transposed into
+// dst [D x ld]. Rows past len and columns past D are zero.
 template <typename T>
 void load_tile(float* dst, int ld, const T* base, int64_t row_stride, const BlockSparse& ls,
-               int p0, int bs, int D, int Dp, bool transpose) {
+               int len, int p0, int bs, int D, int Dp, bool transpose) {
   if (transpose) {
     std::memset(dst, 0, sizeof(float) * size_t(Dp) * ld);
   }
@@ -32,25 +33,25 @@ void load_tile(float* dst, int ld, const T* base, int64_t row_stride, const Bloc
     const int p = p0 + r;
     if (!transpose) {
       float* out = dst + int64_t(r) * ld;
-      if (p >= ls.seq_len) {
+      if (p >= len) {
         std::memset(out, 0, sizeof(float) * Dp);
         continue;
       }
       const T* in = base + int64_t(seq_row(ls, p)) * row_stride;
       for (int d = 0; d < D; ++d) out[d] = to_float(in[d]);
       for (int d = D; d < Dp; ++d) out[d] = 0.f;
-    } else if (p < ls.seq_len) {
+    } else if (p < len) {
       const T* in = base + int64_t(seq_row(ls, p)) * row_stride;
       for (int d = 0; d < D; ++d) dst[int64_t(d) * ld + r] = to_float(in[d]);
     }
   }
 }
 
-// Rows of src [bs x ld] (times `mul`) into the caller's tensor; rows past L are skipped.
+// Rows of src [bs x ld] (times `mul`) into the caller's tensor; rows past len are skipped.
 template <typename T>
 void store_tile(T* base, int64_t row_stride, const float* src, int ld, const BlockSparse& ls,
-                int p0, int bs, int D, float mul) {
-  for (int r = 0; r < bs && p0 + r < ls.seq_len; ++r) {
+                int len, int p0, int bs, int D, float mul) {
+  for (int r = 0; r < bs && p0 + r < len; ++r) {
     T* out = base + int64_t(seq_row(ls, p0 + r)) * row_stride;
     const float* in = src + int64_t(r) * ld;
     for (int d = 0; d < D; ++d) out[d] = from_float<T>(in[d] * mul);

@@ -6,7 +6,8 @@
 //      dQ += dS K;
 //   3. dK, dV per key tile over its CSC list, computed transposed so that every product keeps
 //      its A operand in registers:  S^T = K Q^T, dP^T = V dO^T, dV += P^T dO,
-//      dK += dS^T Q.
+//      dK += dS^T Q. GQA: one block per k/v head walks the CSC list once per q head of its
+//      group, so dK, dV sum over the group in registers (no atomics, no per-q-head copies).
 // Warp w owns rows 16w .. 16w+15 of its tile (query rows in 2., key rows in 3.); the other
 // side's tiles are double-buffered with cp.async. All five products are mma.m16n8k16; P and dS
 // go from the f32 accumulator fragments straight into A fragments (no shared-memory trip).
@@ -28,7 +29,7 @@ constexpr int kDeltaThreads = 256;  // 16 lanes per row, 16 rows per block
 
 template <typename T>
 __global__ void __launch_bounds__(kDeltaThreads) attn_delta_kernel(const AttnParams p) {
-  const int L = p.ls.seq_len;
+  const int L = p.ls.q_len;
   const int64_t rows = int64_t(p.batch) * p.heads * L;
   const int64_t row = (int64_t(blockIdx.x) * kDeltaThreads + threadIdx.x) >> 4;
   const int sub = int(threadIdx.x) & 15;
@@ -77,8 +78,9 @@ __global__ void __launch_bounds__(kThreads)
   const int tv = text_valid_len(p, b);
   const float sl2 = p.scale * kLog2e;
 
-  const uint16_t* kg = slice_ptr(static_cast<const uint16_t*>(p.k), p.k_s, b, h);
-  const uint16_t* vg = slice_ptr(static_cast<const uint16_t*>(p.v), p.v_s, b, h);
+  const int hk = kv_head(p, h), Lq = ls.q_len, Lk = ls.seq_len;
+  const uint16_t* kg = slice_ptr(static_cast<const uint16_t*>(p.k), p.k_s, b, hk);
+  const uint16_t* vg = slice_ptr(static_cast<const uint16_t*>(p.v), p.v_s, b, hk);
 
   float dq[D / 8][4];
 #pragma unroll
@@ -86,34 +88,34 @@ __global__ void __launch_bounds__(kThreads)
 
   if (ne > 0) {  // block-uniform
     float base[2], dl[2];
-    const int64_t off = (int64_t(b) * p.heads + h) * ls.seq_len;
+    const int64_t off = (int64_t(b) * p.heads + h) * Lq;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int pos = qb * kTile + r0 + g + 8 * r;
       base[r] = kInf;
       dl[r] = 0.f;
-      if (pos < ls.seq_len) {
+      if (pos < Lq) {
         const int row = seq_row(ls, pos);
         base[r] = lse_base(p.lse[off + row]);
         dl[r] = p.delta[off + row];
       }
     }
     load_tile<D>(sQ, slice_ptr(static_cast<const uint16_t*>(p.q), p.q_s, b, h), p.q_s[2], ls,
-                 qb * kTile, vec & kVecQ);
+                 Lq, qb * kTile, vec & kVecQ);
     load_tile<D>(sO, slice_ptr(static_cast<const uint16_t*>(p.dout), p.do_s, b, h), p.do_s[2],
-                 ls, qb * kTile, vec & kVecDO);
+                 ls, Lq, qb * kTile, vec & kVecDO);
     {
       const int kb = ls.q_kv[e0];
-      load_tile<D>(sK, kg, p.k_s[2], ls, kb * kTile, vec & kVecK);
-      load_tile<D>(sV, vg, p.v_s[2], ls, kb * kTile, vec & kVecV);
+      load_tile<D>(sK, kg, p.k_s[2], ls, Lk, kb * kTile, vec & kVecK);
+      load_tile<D>(sV, vg, p.v_s[2], ls, Lk, kb * kTile, vec & kVecV);
     }
     cp_async_commit();
     for (int i = 0; i < ne; ++i) {
       const int buf = i & 1;
       if (i + 1 < ne) {  // prefetch into the buffer released by the previous iteration
         const int kb = ls.q_kv[e0 + i + 1];
-        load_tile<D>(sK + (buf ^ 1) * S::kElems, kg, p.k_s[2], ls, kb * kTile, vec & kVecK);
-        load_tile<D>(sV + (buf ^ 1) * S::kElems, vg, p.v_s[2], ls, kb * kTile, vec & kVecV);
+        load_tile<D>(sK + (buf ^ 1) * S::kElems, kg, p.k_s[2], ls, Lk, kb * kTile, vec & kVecK);
+        load_tile<D>(sV + (buf ^ 1) * S::kElems, vg, p.v_s[2], ls, Lk, kb * kTile, vec & kVecV);
         cp_async_commit();
         cp_async_wait<1>();
       } else {
@@ -189,7 +191,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int e = 0; e < 4; ++e) dq[j][e] *= p.scale;
   // The warp's Q rows are free: only this warp read them (A operand), behind __syncthreads.
   store_warp_rows<T, D>(sQ, r0, dq, slice_ptr(static_cast<uint16_t*>(p.dq), p.dq_s, b, h),
-                        p.dq_s[2], ls, qb * kTile + r0, vec & kVecDQ);
+                        p.dq_s[2], ls, Lq, qb * kTile + r0, vec & kVecDQ);
 }
 
 // ---- 3. dK, dV --------------------------------------------------------------------------------
@@ -231,16 +233,17 @@ template <int D>
 VILG_DEVICE void load_query_side(const AttnParams& p, int b, int h, int qb, uint16_t* q_s,
                                  uint16_t* o_s, float* lse_s, float* delta_s, unsigned vec) {
   const BlockSparse& ls = p.ls;
+  const int Lq = ls.q_len;
   load_tile<D>(q_s, slice_ptr(static_cast<const uint16_t*>(p.q), p.q_s, b, h), p.q_s[2], ls,
-               qb * kTile, vec & kVecQ);
+               Lq, qb * kTile, vec & kVecQ);
   load_tile<D>(o_s, slice_ptr(static_cast<const uint16_t*>(p.dout), p.do_s, b, h), p.do_s[2],
-               ls, qb * kTile, vec & kVecDO);
+               ls, Lq, qb * kTile, vec & kVecDO);
   const int tid = int(threadIdx.x);
   if (tid < kTile) {
     const int pos = qb * kTile + tid;
     float base = kInf, dl = 0.f;
-    if (pos < ls.seq_len) {
-      const int64_t at = (int64_t(b) * p.heads + h) * ls.seq_len + seq_row(ls, pos);
+    if (pos < Lq) {
+      const int64_t at = (int64_t(b) * p.heads + h) * Lq + seq_row(ls, pos);
       base = lse_base(p.lse[at]);
       dl = p.delta[at];
     }
@@ -263,11 +266,14 @@ __global__ void __launch_bounds__(kThreads)
   float* sD = sL + 2 * kTile;                                         // delta, two buffers
 
   const BlockSparse& ls = p.ls;
-  const int kb = int(blockIdx.x), h = int(blockIdx.y), b = int(blockIdx.z);
+  const int kb = int(blockIdx.x), hk = int(blockIdx.y), b = int(blockIdx.z);  // hk: k/v head
   const int warp = int(threadIdx.x) >> 5, lane = int(threadIdx.x) & 31;
   const int t = lane & 3;
   const int r0 = 16 * warp;  // first key row of this warp
   const int e0 = ls.k_ptr[kb], ne = ls.k_ptr[kb + 1] - e0;
+  // Steps i = 0 .. n-1 walk the CSC list once per q head of the group: q head h0 + i / ne,
+  // entry e0 + i % ne.
+  const int h0 = hk * p.kv_group, n = ne * p.kv_group;
   const int tv = text_valid_len(p, b);
   const float sl2 = p.scale * kLog2e;
 
@@ -278,17 +284,17 @@ __global__ void __launch_bounds__(kThreads)
     for (int e = 0; e < 4; ++e) dk[j][e] = dv[j][e] = 0.f;
 
   if (ne > 0) {  // block-uniform
-    load_tile<D>(sK, slice_ptr(static_cast<const uint16_t*>(p.k), p.k_s, b, h), p.k_s[2], ls,
-                 kb * kTile, vec & kVecK);
-    load_tile<D>(sV, slice_ptr(static_cast<const uint16_t*>(p.v), p.v_s, b, h), p.v_s[2], ls,
-                 kb * kTile, vec & kVecV);
-    load_query_side<D>(p, b, h, ls.k_q[e0], sQ, sO, sL, sD, vec);
+    load_tile<D>(sK, slice_ptr(static_cast<const uint16_t*>(p.k), p.k_s, b, hk), p.k_s[2], ls,
+                 ls.seq_len, kb * kTile, vec & kVecK);
+    load_tile<D>(sV, slice_ptr(static_cast<const uint16_t*>(p.v), p.v_s, b, hk), p.v_s[2], ls,
+                 ls.seq_len, kb * kTile, vec & kVecV);
+    load_query_side<D>(p, b, h0, ls.k_q[e0], sQ, sO, sL, sD, vec);
     cp_async_commit();
-    for (int i = 0; i < ne; ++i) {
+    for (int i = 0; i < n; ++i) {
       const int buf = i & 1;
-      if (i + 1 < ne) {  // prefetch into the buffer released by the previous iteration
-        const int nb = buf ^ 1;
-        load_query_side<D>(p, b, h, ls.k_q[e0 + i + 1], sQ + nb * S::kElems,
+      if (i + 1 < n) {  // prefetch into the buffer released by the previous iteration
+        const int nb = buf ^ 1, j = i + 1;
+        load_query_side<D>(p, b, h0 + j / ne, ls.k_q[e0 + j % ne], sQ + nb * S::kElems,
                            sO + nb * S::kElems, sL + nb * kTile, sD + nb * kTile, vec);
         cp_async_commit();
         cp_async_wait<1>();
@@ -301,7 +307,7 @@ __global__ void __launch_bounds__(kThreads)
       const float* lt = sL + buf * kTile;
       const float* dt = sD + buf * kTile;
 
-      const int mid = ls.k_mask[e0 + i];
+      const int mid = ls.k_mask[e0 + i % ne];
       uint64_t wt[2] = {~uint64_t(0), ~uint64_t(0)};
       if (entry_masked(ls, mid, kb, tv)) key_major_bits(ls, mid, kb, tv, r0, lane, wt);
 
@@ -377,17 +383,17 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk[j][e] *= p.scale;
   // The warp's K / V rows are free: only this warp read them (A operands).
-  store_warp_rows<T, D>(sK, r0, dk, slice_ptr(static_cast<uint16_t*>(p.dk), p.dk_s, b, h),
-                        p.dk_s[2], ls, kb * kTile + r0, vec & kVecDK);
-  store_warp_rows<T, D>(sV, r0, dv, slice_ptr(static_cast<uint16_t*>(p.dv), p.dv_s, b, h),
-                        p.dv_s[2], ls, kb * kTile + r0, vec & kVecDV);
+  store_warp_rows<T, D>(sK, r0, dk, slice_ptr(static_cast<uint16_t*>(p.dk), p.dk_s, b, hk),
+                        p.dk_s[2], ls, ls.seq_len, kb * kTile + r0, vec & kVecDK);
+  store_warp_rows<T, D>(sV, r0, dv, slice_ptr(static_cast<uint16_t*>(p.dv), p.dv_s, b, hk),
+                        p.dv_s[2], ls, ls.seq_len, kb * kTile + r0, vec & kVecDV);
 }
 
 #ifndef VILG_CUDA_EMULATE
 
 template <typename T>
 void launch_delta(const AttnParams& p, cudaStream_t stream) {
-  const int64_t rows = int64_t(p.batch) * p.heads * p.ls.seq_len;
+  const int64_t rows = int64_t(p.batch) * p.heads * p.ls.q_len;
   const int64_t blocks = (rows * 16 + kDeltaThreads - 1) / kDeltaThreads;
   check(blocks <= 0x7fffffff, "attention backward: too many rows");
   attn_delta_kernel<T><<<unsigned(blocks), kDeltaThreads, 0, stream>>>(p);
@@ -415,7 +421,7 @@ void launch_bwd(const AttnParams& p, cudaStream_t stream) {
     auto kernel = attn_bwd_dkdv_kernel<T, D>;
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                "attention backward (dk/dv): shared memory opt-in");
-    const dim3 grid(unsigned(p.ls.num_k_blocks), unsigned(p.heads), unsigned(p.batch));
+    const dim3 grid(unsigned(p.ls.num_k_blocks), unsigned(kv_heads(p)), unsigned(p.batch));
     kernel<<<grid, kThreads, smem, stream>>>(p, vec);
     check_launch("attention backward (dk/dv)");
   }

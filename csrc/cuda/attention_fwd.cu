@@ -5,8 +5,9 @@
 // V tiles are double-buffered in shared memory with cp.async. S = Q K^T and O += P V run on
 // mma.m16n8k16; the online softmax stays in registers in the log2 domain (scores pre-scaled
 // by scale * log2 e, exp2). The in-tile bit mask (and per-sample text padding) is applied only
-// to tiles that are partial or touch padded text. fp32 inputs take the SIMT reference path
-// (attention_simt.cu).
+// to tiles that are partial or touch padded text. GQA: q head h reads k/v head h / kv_group.
+// A rectangular layout (q_len < seq_len) only changes the query side's row count. fp32 inputs
+// take the SIMT reference path (attention_simt.cu).
 #include "attention_tiles.cuh"
 
 #ifndef VILG_CUDA_EMULATE
@@ -80,8 +81,9 @@ __global__ void __launch_bounds__(kThreads)
   const float sl2 = p.scale * kLog2e;
 
   const uint16_t* qg = slice_ptr(static_cast<const uint16_t*>(p.q), p.q_s, b, h);
-  const uint16_t* kg = slice_ptr(static_cast<const uint16_t*>(p.k), p.k_s, b, h);
-  const uint16_t* vg = slice_ptr(static_cast<const uint16_t*>(p.v), p.v_s, b, h);
+  const int hk = kv_head(p, h), Lq = ls.q_len, Lk = ls.seq_len;
+  const uint16_t* kg = slice_ptr(static_cast<const uint16_t*>(p.k), p.k_s, b, hk);
+  const uint16_t* vg = slice_ptr(static_cast<const uint16_t*>(p.v), p.v_s, b, hk);
 
   float o[D / 8][4];
 #pragma unroll
@@ -90,11 +92,11 @@ __global__ void __launch_bounds__(kThreads)
 
   if (ne > 0) {  // block-uniform
     uint32_t qf[D / 16][4];
-    load_tile<D>(sQ, qg, p.q_s[2], ls, qb * kTile, vec & kVecQ);
+    load_tile<D>(sQ, qg, p.q_s[2], ls, Lq, qb * kTile, vec & kVecQ);
     {
       const int kb = ls.q_kv[e0];
-      load_tile<D>(sK, kg, p.k_s[2], ls, kb * kTile, vec & kVecK);
-      load_tile<D>(sV, vg, p.v_s[2], ls, kb * kTile, vec & kVecV);
+      load_tile<D>(sK, kg, p.k_s[2], ls, Lk, kb * kTile, vec & kVecK);
+      load_tile<D>(sV, vg, p.v_s[2], ls, Lk, kb * kTile, vec & kVecV);
     }
     cp_async_commit();
     for (int i = 0; i < ne; ++i) {
@@ -103,8 +105,8 @@ __global__ void __launch_bounds__(kThreads)
         // Prefetch the next pair into the other buffer: its last readers (iteration i-1)
         // finished at the __syncthreads() closing that iteration.
         const int kb = ls.q_kv[e0 + i + 1];
-        load_tile<D>(sK + (buf ^ 1) * S::kElems, kg, p.k_s[2], ls, kb * kTile, vec & kVecK);
-        load_tile<D>(sV + (buf ^ 1) * S::kElems, vg, p.v_s[2], ls, kb * kTile, vec & kVecV);
+        load_tile<D>(sK + (buf ^ 1) * S::kElems, kg, p.k_s[2], ls, Lk, kb * kTile, vec & kVecK);
+        load_tile<D>(sV + (buf ^ 1) * S::kElems, vg, p.v_s[2], ls, Lk, kb * kTile, vec & kVecV);
         cp_async_commit();
         cp_async_wait<1>();
       } else {
@@ -165,7 +167,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   // Epilogue: full row sums, normalise, lse; rows with no allowed key get O = 0, lse = -inf.
-  float* lse = p.lse + (int64_t(b) * p.heads + h) * ls.seq_len;
+  float* lse = p.lse + (int64_t(b) * p.heads + h) * Lq;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const float sum = quad_sum(l[r]);
@@ -176,13 +178,13 @@ __global__ void __launch_bounds__(kThreads)
       o[j][2 * r + 1] *= inv;
     }
     const int pos = qb * kTile + r0 + g + 8 * r;
-    if (t == 0 && pos < ls.seq_len)
+    if (t == 0 && pos < Lq)
       lse[seq_row(ls, pos)] = sum > 0.f ? m[r] * kLn2 + logf(sum) : -kInf;
   }
   // Q's tile is free (its fragments were read at i == 0, and every later access is behind a
   // __syncthreads); each warp stages its own rows there.
   store_warp_rows<T, D>(sQ, r0, o, slice_ptr(static_cast<uint16_t*>(p.o), p.o_s, b, h),
-                        p.o_s[2], ls, qb * kTile + r0, vec & kVecO);
+                        p.o_s[2], ls, Lq, qb * kTile + r0, vec & kVecO);
 }
 
 #ifndef VILG_CUDA_EMULATE

@@ -3,7 +3,8 @@
 // same tile logic (CSR / CSC lists, in-tile masks, text padding, permutation) as the fp16 /
 // bf16 kernels. One warp per row; lanes split the head dimension; keys are visited one by one
 // with a scalar online softmax. Backward: dQ per query row over its CSR tiles, dK / dV per key
-// row over its CSC tiles (no atomics, deterministic), after the shared delta kernel.
+// row over its CSC tiles (no atomics, deterministic), after the shared delta kernel. GQA: q head
+// h reads k/v head h / kv_group; a k/v row's warp sums over the q heads of its group.
 #include "attention_tiles.cuh"
 
 #ifndef VILG_CUDA_EMULATE
@@ -58,9 +59,9 @@ __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_fwd_kernel(const AttnP
   const int lane = int(threadIdx.x) & 31;
   const int pos = int(blockIdx.x) * kSimtRows + (int(threadIdx.x) >> 5);
   const int h = int(blockIdx.y), b = int(blockIdx.z);
-  if (pos >= ls.seq_len) return;  // whole warps only; no block-wide barriers below
+  if (pos >= ls.q_len) return;  // whole warps only; no block-wide barriers below
   const int qb = pos / kTile, r = pos % kTile, row = seq_row(ls, pos);
-  const int tv = text_valid_len(p, b);
+  const int tv = text_valid_len(p, b), hk = kv_head(p, h);
   float q[D / 32], acc[D / 32];
   load_row<D>(q, row_ptr(p.q, p.q_s, b, h, row), lane);
 #pragma unroll
@@ -72,7 +73,7 @@ __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_fwd_kernel(const AttnP
     for (int c = 0; c < kTile; ++c) {
       if (!((bits >> c) & 1u)) continue;  // warp-uniform; set bits are keys inside [0, L)
       const int krow = seq_row(ls, kb * kTile + c);
-      const float s = dot_row<D>(q, row_ptr(p.k, p.k_s, b, h, krow), lane) * p.scale;
+      const float s = dot_row<D>(q, row_ptr(p.k, p.k_s, b, hk, krow), lane) * p.scale;
       if (s > m) {  // new max: rescale what was accumulated (nothing yet when m = -inf)
         const float alpha = m == -kInf ? 0.f : expf(m - s);
         l *= alpha;
@@ -82,14 +83,14 @@ __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_fwd_kernel(const AttnP
       }
       const float pr = expf(s - m);
       l += pr;
-      const float* v = row_ptr(p.v, p.v_s, b, h, krow);
+      const float* v = row_ptr(p.v, p.v_s, b, hk, krow);
 #pragma unroll
       for (int i = 0; i < D / 32; ++i) acc[i] += pr * v[lane + 32 * i];
     }
   }
   store_row<D>(row_ptr(p.o, p.o_s, b, h, row), acc, l > 0.f ? 1.f / l : 0.f, lane);
   if (lane == 0)
-    p.lse[(int64_t(b) * p.heads + h) * ls.seq_len + row] = l > 0.f ? m + logf(l) : -kInf;
+    p.lse[(int64_t(b) * p.heads + h) * ls.q_len + row] = l > 0.f ? m + logf(l) : -kInf;
 }
 
 // dQ: warp per query position.
@@ -99,10 +100,10 @@ __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_dq_kernel(const AttnPa
   const int lane = int(threadIdx.x) & 31;
   const int pos = int(blockIdx.x) * kSimtRows + (int(threadIdx.x) >> 5);
   const int h = int(blockIdx.y), b = int(blockIdx.z);
-  if (pos >= ls.seq_len) return;
+  if (pos >= ls.q_len) return;
   const int qb = pos / kTile, r = pos % kTile, row = seq_row(ls, pos);
-  const int tv = text_valid_len(p, b);
-  const int64_t at = (int64_t(b) * p.heads + h) * ls.seq_len + row;
+  const int tv = text_valid_len(p, b), hk = kv_head(p, h);
+  const int64_t at = (int64_t(b) * p.heads + h) * ls.q_len + row;
   const float lse = p.lse[at], dl = p.delta[at];
   float q[D / 32], go[D / 32], acc[D / 32];
   load_row<D>(q, row_ptr(p.q, p.q_s, b, h, row), lane);
@@ -116,9 +117,9 @@ __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_dq_kernel(const AttnPa
     for (int c = 0; c < kTile; ++c) {
       if (!((bits >> c) & 1u)) continue;
       const int krow = seq_row(ls, kb * kTile + c);
-      const float* k = row_ptr(p.k, p.k_s, b, h, krow);
+      const float* k = row_ptr(p.k, p.k_s, b, hk, krow);
       const float pr = expf(dot_row<D>(q, k, lane) * p.scale - lse);
-      const float ds = pr * (dot_row<D>(go, row_ptr(p.v, p.v_s, b, h, krow), lane) - dl);
+      const float ds = pr * (dot_row<D>(go, row_ptr(p.v, p.v_s, b, hk, krow), lane) - dl);
 #pragma unroll
       for (int i = 0; i < D / 32; ++i) acc[i] += ds * k[lane + 32 * i];
     }
@@ -126,59 +127,63 @@ __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_dq_kernel(const AttnPa
   store_row<D>(row_ptr(p.dq, p.dq_s, b, h, row), acc, p.scale, lane);
 }
 
-// dK, dV: warp per key position.
+// dK, dV: warp per key position of a k/v head (blockIdx.y), over the q heads of its group.
 template <int D>
 __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_dkdv_kernel(const AttnParams p) {
   const BlockSparse& ls = p.ls;
   const int lane = int(threadIdx.x) & 31;
   const int pos = int(blockIdx.x) * kSimtRows + (int(threadIdx.x) >> 5);
-  const int h = int(blockIdx.y), b = int(blockIdx.z);
+  const int hk = int(blockIdx.y), b = int(blockIdx.z);
   if (pos >= ls.seq_len) return;
   const int kb = pos / kTile, c = pos % kTile, row = seq_row(ls, pos);
   const int tv = text_valid_len(p, b);
   const bool padded = (text_pad_bits(ls, kb, 0, tv) >> c) & 1u;  // masked for every query
   float k[D / 32], v[D / 32], gk[D / 32], gv[D / 32];
-  load_row<D>(k, row_ptr(p.k, p.k_s, b, h, row), lane);
-  load_row<D>(v, row_ptr(p.v, p.v_s, b, h, row), lane);
+  load_row<D>(k, row_ptr(p.k, p.k_s, b, hk, row), lane);
+  load_row<D>(v, row_ptr(p.v, p.v_s, b, hk, row), lane);
 #pragma unroll
   for (int i = 0; i < D / 32; ++i) gk[i] = gv[i] = 0.f;
-  const int64_t off = (int64_t(b) * p.heads + h) * ls.seq_len;
   const int e_end = padded ? ls.k_ptr[kb] : ls.k_ptr[kb + 1];
-  for (int e = ls.k_ptr[kb]; e < e_end; ++e) {
-    const int qb = ls.k_q[e], mid = ls.k_mask[e];
-    for (int r = 0; r < kTile; ++r) {
-      if (!((tile_bits(ls, mid, r, 0) >> c) & 1u)) continue;  // set bits: queries inside [0, L)
-      const int qrow = seq_row(ls, qb * kTile + r);
-      const float lse = p.lse[off + qrow];
-      if (lse == -kInf) continue;
-      const float* q = row_ptr(p.q, p.q_s, b, h, qrow);
-      const float* go = row_ptr(p.dout, p.do_s, b, h, qrow);
-      const float pr = expf(dot_row<D>(k, q, lane) * p.scale - lse);
-      const float ds = pr * (dot_row<D>(v, go, lane) - p.delta[off + qrow]);
+  for (int h = hk * p.kv_group; h < (hk + 1) * p.kv_group; ++h) {
+    for (int e = ls.k_ptr[kb]; e < e_end; ++e) {
+      const int64_t off = (int64_t(b) * p.heads + h) * ls.q_len;
+      const int qb = ls.k_q[e], mid = ls.k_mask[e];
+      for (int r = 0; r < kTile; ++r) {
+        if (!((tile_bits(ls, mid, r, 0) >> c) & 1u)) continue;  // queries in [0, q_len)
+        const int qrow = seq_row(ls, qb * kTile + r);
+        const float lse = p.lse[off + qrow];
+        if (lse == -kInf) continue;
+        const float* q = row_ptr(p.q, p.q_s, b, h, qrow);
+        const float* go = row_ptr(p.dout, p.do_s, b, h, qrow);
+        const float pr = expf(dot_row<D>(k, q, lane) * p.scale - lse);
+        const float ds = pr * (dot_row<D>(v, go, lane) - p.delta[off + qrow]);
 #pragma unroll
-      for (int i = 0; i < D / 32; ++i) {
-        gv[i] += pr * go[lane + 32 * i];
-        gk[i] += ds * q[lane + 32 * i];
+        for (int i = 0; i < D / 32; ++i) {
+          gv[i] += pr * go[lane + 32 * i];
+          gk[i] += ds * q[lane + 32 * i];
+        }
       }
     }
   }
-  store_row<D>(row_ptr(p.dk, p.dk_s, b, h, row), gk, p.scale, lane);
-  store_row<D>(row_ptr(p.dv, p.dv_s, b, h, row), gv, 1.f, lane);
+  store_row<D>(row_ptr(p.dk, p.dk_s, b, hk, row), gk, p.scale, lane);
+  store_row<D>(row_ptr(p.dv, p.dv_s, b, hk, row), gv, 1.f, lane);
 }
 
 #ifndef VILG_CUDA_EMULATE
 
 template <int D>
 void launch_simt(const AttnParams& p, cudaStream_t stream, bool forward) {
-  const dim3 grid(unsigned((p.ls.seq_len + kSimtRows - 1) / kSimtRows), unsigned(p.heads),
-                  unsigned(p.batch));
+  const dim3 grid(unsigned((p.ls.q_len + kSimtRows - 1) / kSimtRows), unsigned(p.heads),
+                  unsigned(p.batch));  // query rows
+  const dim3 kgrid(unsigned((p.ls.seq_len + kSimtRows - 1) / kSimtRows), unsigned(kv_heads(p)),
+                   unsigned(p.batch));  // key rows of each k/v head
   if (forward) {
     simt_fwd_kernel<D><<<grid, 32 * kSimtRows, 0, stream>>>(p);
     check_launch("attention forward (fp32)");
   } else {
     simt_dq_kernel<D><<<grid, 32 * kSimtRows, 0, stream>>>(p);
     check_launch("attention backward (fp32 dq)");
-    simt_dkdv_kernel<D><<<grid, 32 * kSimtRows, 0, stream>>>(p);
+    simt_dkdv_kernel<D><<<kgrid, 32 * kSimtRows, 0, stream>>>(p);
     check_launch("attention backward (fp32 dk/dv)");
   }
 }

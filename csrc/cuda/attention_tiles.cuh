@@ -38,13 +38,14 @@ VILG_DEVICE P* slice_ptr(P* base, const int64_t* s, int b, int h) {
   return base + int64_t(b) * s[0] + int64_t(h) * s[1];
 }
 
-// Rows p0 .. p0+63 (kernel order) of the [L, D] slice g (row stride rs elements) into the tile
-// s; rows at or past L are zero-filled. All kThreads threads take part. With vec (16-byte
+// Rows p0 .. p0+63 (kernel order) of the [len, D] slice g (row stride rs elements) into the
+// tile s; rows at or past len (ls.q_len for query-side tensors, ls.seq_len for keys) are
+// zero-filled. All kThreads threads take part. With vec (16-byte
 // aligned rows) the copies are cp.async, which the caller commits and waits for; otherwise
 // they are synchronous element loads. Neighbouring threads copy neighbouring chunks of a row.
 template <int D>
 VILG_DEVICE void load_tile(uint16_t* s, const uint16_t* g, int64_t rs, const BlockSparse& ls,
-                           int p0, bool vec) {
+                           int len, int p0, bool vec) {
   using S = Smem<D>;
   constexpr int kPer = kTile * S::kChunks / kThreads;
 #pragma unroll
@@ -53,7 +54,7 @@ VILG_DEVICE void load_tile(uint16_t* s, const uint16_t* g, int64_t rs, const Blo
     const int r = idx / S::kChunks, c = idx % S::kChunks;
     uint16_t* dst = s + S::off(r, c);
     const int pos = p0 + r;
-    if (pos < ls.seq_len) {
+    if (pos < len) {
       const uint16_t* src = g + int64_t(seq_row(ls, pos)) * rs + c * 8;
       if (vec)
         cp_async16(dst, src);
@@ -66,12 +67,12 @@ VILG_DEVICE void load_tile(uint16_t* s, const uint16_t* g, int64_t rs, const Blo
 }
 
 // The calling warp's 16 x D f32 accumulator rows (C fragments: acc[n8 tile][4]) as T into rows
-// p0 .. p0+15 (kernel order) of the [L, D] slice g, staged through rows r0 .. r0+15 of the
+// p0 .. p0+15 (kernel order) of the [len, D] slice g, staged through rows r0 .. r0+15 of the
 // shared tile s (which only this warp may touch here) so that global stores are 16 bytes
-// wide. Rows at or past L are not written.
+// wide. Rows at or past len are not written.
 template <typename T, int D>
 VILG_DEVICE void store_warp_rows(uint16_t* s, int r0, const float (&acc)[D / 8][4], uint16_t* g,
-                                 int64_t rs, const BlockSparse& ls, int p0, bool vec) {
+                                 int64_t rs, const BlockSparse& ls, int len, int p0, bool vec) {
   using S = Smem<D>;
   const int lane = int(threadIdx.x) & 31, gq = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -85,7 +86,7 @@ VILG_DEVICE void store_warp_rows(uint16_t* s, int r0, const float (&acc)[D / 8][
   for (int i = 0; i < kPer; ++i) {
     const int idx = lane + 32 * i, r = idx / S::kChunks, c = idx % S::kChunks;
     const int pos = p0 + r;
-    if (pos < ls.seq_len) {
+    if (pos < len) {
       const U128 v = lds128(s + S::off(r0 + r, c));
       uint16_t* dst = g + int64_t(seq_row(ls, pos)) * rs + c * 8;
       if (vec)

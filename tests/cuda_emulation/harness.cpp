@@ -22,21 +22,21 @@ struct LayoutData {
 static LayoutData load_layout(const std::string& path) {
   FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) { std::perror(path.c_str()); std::exit(1); }
-  int h[8];
-  if (std::fread(h, 4, 8, f) != 8) std::exit(2);
+  int h[10];
+  if (std::fread(h, 4, 10, f) != 10) std::exit(2);
   LayoutData d;
-  const int L = h[0], bs = h[1], nb = h[2], ne = h[5], nm = h[6];
+  const int L = h[0], bs = h[1], nb = h[2], ne = h[5], nm = h[6], Lq = h[8], nbq = h[9];
   auto rd = [&](auto& v, size_t n) {
     v.resize(n);
     if (n && std::fread(v.data(), sizeof(v[0]), n, f) != n) std::exit(3);
   };
-  rd(d.q_ptr, nb + 1); rd(d.q_kv, ne); rd(d.q_mask, ne);
+  rd(d.q_ptr, nbq + 1); rd(d.q_kv, ne); rd(d.q_mask, ne);
   rd(d.k_ptr, nb + 1); rd(d.k_q, ne); rd(d.k_mask, ne);
   rd(d.masks, size_t(nm) * bs);
   if (h[7]) rd(d.perm, L);
   std::fclose(f);
   BlockSparse& ls = d.ls;
-  ls.seq_len = L; ls.block = bs; ls.num_q_blocks = ls.num_k_blocks = nb;
+  ls.seq_len = L; ls.q_len = Lq; ls.block = bs; ls.num_q_blocks = nbq; ls.num_k_blocks = nb;
   ls.q_ptr = d.q_ptr.data(); ls.q_kv = d.q_kv.data(); ls.q_mask = d.q_mask.data();
   ls.k_ptr = d.k_ptr.data(); ls.k_q = d.k_q.data(); ls.k_mask = d.k_mask.data();
   ls.masks = d.masks.data(); ls.mask_words = 1;
@@ -111,7 +111,7 @@ template <typename E, int D>
 static void launch_gpu_fwd(AttnParams& p, unsigned vec) {
   const LayoutData* unused = nullptr; (void)unused;
   if constexpr (std::is_same_v<E, float>) {
-    emu::launch(emu::Dim3{unsigned((p.ls.seq_len + 3) / 4), unsigned(p.heads), unsigned(p.batch)}, 128, 0,
+    emu::launch(emu::Dim3{unsigned((p.ls.q_len + 3) / 4), unsigned(p.heads), unsigned(p.batch)}, 128, 0,
                 [&] { simt_fwd_kernel<D>(p); });
   } else {
     emu::launch(emu::Dim3{unsigned(p.ls.num_q_blocks), unsigned(p.heads), unsigned(p.batch)}, kThreads,
@@ -121,16 +121,18 @@ static void launch_gpu_fwd(AttnParams& p, unsigned vec) {
 
 template <typename E, int D>
 static void launch_gpu_bwd(AttnParams& p, unsigned vec) {
-  const int64_t rows = int64_t(p.batch) * p.heads * p.ls.seq_len;
+  const int64_t rows = int64_t(p.batch) * p.heads * p.ls.q_len;
   emu::launch(emu::Dim3{unsigned((rows * 16 + 255) / 256), 1, 1}, 256, 0, [&] { attn_delta_kernel<E>(p); });
+  const unsigned hk = unsigned(kv_heads(p));
   if constexpr (std::is_same_v<E, float>) {
-    const emu::Dim3 grid{unsigned((p.ls.seq_len + 3) / 4), unsigned(p.heads), unsigned(p.batch)};
+    const emu::Dim3 grid{unsigned((p.ls.q_len + 3) / 4), unsigned(p.heads), unsigned(p.batch)};
+    const emu::Dim3 kgrid{unsigned((p.ls.seq_len + 3) / 4), hk, unsigned(p.batch)};
     emu::launch(grid, 128, 0, [&] { simt_dq_kernel<D>(p); });
-    emu::launch(grid, 128, 0, [&] { simt_dkdv_kernel<D>(p); });
+    emu::launch(kgrid, 128, 0, [&] { simt_dkdv_kernel<D>(p); });
   } else {
     emu::launch(emu::Dim3{unsigned(p.ls.num_q_blocks), unsigned(p.heads), unsigned(p.batch)}, kThreads,
                 DqSmem<D>::kBytes, [&] { attn_bwd_dq_kernel<E, D>(p, vec); });
-    emu::launch(emu::Dim3{unsigned(p.ls.num_k_blocks), unsigned(p.heads), unsigned(p.batch)}, kThreads,
+    emu::launch(emu::Dim3{unsigned(p.ls.num_k_blocks), hk, unsigned(p.batch)}, kThreads,
                 DkvSmem<D>::kBytes, [&] { attn_bwd_dkdv_kernel<E, D>(p, vec); });
   }
 }
@@ -142,20 +144,20 @@ template <typename E>
 static Ref64 ref64(LayoutData& lay, const AttnParams& p, Tensor<E>& q, Tensor<E>& k, Tensor<E>& v, Tensor<E>& go,
                    const std::vector<int32_t>& lens) {
   const BlockSparse& ls = lay.ls;
-  const int L = ls.seq_len, B = p.batch, H = p.heads, D = p.head_dim;
+  const int L = ls.seq_len, Lq = ls.q_len, B = p.batch, H = p.heads, D = p.head_dim, G = p.kv_group;
   Ref64 r;
-  const size_t n = size_t(B) * H * L * D;
-  r.o.assign(n, 0); r.dq.assign(n, 0); r.dk.assign(n, 0); r.dv.assign(n, 0); r.lse.assign(size_t(B) * H * L, 0);
+  const size_t nq = size_t(B) * H * Lq * D, nk = size_t(B) * (H / G) * L * D;
+  r.o.assign(nq, 0); r.dq.assign(nq, 0); r.dk.assign(nk, 0); r.dv.assign(nk, 0); r.lse.assign(size_t(B) * H * Lq, 0);
   for (int b = 0; b < B; ++b) {
     const int tv = lens.empty() ? ls.text_len : lens[b];
     // allowed[qrow][krow] in sequence rows
-    std::vector<char> allow(size_t(L) * L, 0);
+    std::vector<char> allow(size_t(Lq) * L, 0);
     for (int qb = 0; qb < ls.num_q_blocks; ++qb)
       for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
         const int kb = ls.q_kv[e];
         for (int rr = 0; rr < 64; ++rr) {
           const int qp = qb * 64 + rr;
-          if (qp >= L) continue;
+          if (qp >= Lq) continue;
           const uint64_t w = tile_bits(ls, ls.q_mask[e], rr, 0) & ~text_pad_bits(ls, kb, 0, tv);
           for (int c = 0; c < 64; ++c)
             if ((w >> c) & 1) allow[size_t(seq_row(ls, qp)) * L + seq_row(ls, kb * 64 + c)] = 1;
@@ -163,34 +165,35 @@ static Ref64 ref64(LayoutData& lay, const AttnParams& p, Tensor<E>& q, Tensor<E>
       }
     for (int h = 0; h < H; ++h) {
       auto X = [&](Tensor<E>& t, int l, int d) { return double(to_float(t.at(b, h, l, d))); };
-      std::vector<double> P(size_t(L) * L, 0), dS(size_t(L) * L, 0);
-      for (int i = 0; i < L; ++i) {
+      auto Y = [&](Tensor<E>& t, int l, int d) { return double(to_float(t.at(b, h / G, l, d))); };
+      std::vector<double> P(size_t(Lq) * L, 0), dS(size_t(Lq) * L, 0);
+      for (int i = 0; i < Lq; ++i) {
         double mx = -INFINITY;
         std::vector<double> s(L, -INFINITY);
         for (int j = 0; j < L; ++j) if (allow[size_t(i) * L + j]) {
-          double acc = 0; for (int d = 0; d < D; ++d) acc += X(q, i, d) * X(k, j, d);
+          double acc = 0; for (int d = 0; d < D; ++d) acc += X(q, i, d) * Y(k, j, d);
           s[j] = acc * p.scale; mx = std::max(mx, s[j]);
         }
-        const size_t row = (size_t(b) * H + h) * L + i;
+        const size_t row = (size_t(b) * H + h) * Lq + i;
         if (mx == -INFINITY) { r.lse[row] = -INFINITY; continue; }
         double sum = 0; for (int j = 0; j < L; ++j) if (s[j] > -INFINITY) sum += std::exp(s[j] - mx);
         r.lse[row] = mx + std::log(sum);
         for (int j = 0; j < L; ++j) if (s[j] > -INFINITY) P[size_t(i) * L + j] = std::exp(s[j] - r.lse[row]);
-        for (int d = 0; d < D; ++d) { double acc = 0; for (int j = 0; j < L; ++j) acc += P[size_t(i) * L + j] * X(v, j, d); r.o[row * D + d] = acc; }
+        for (int d = 0; d < D; ++d) { double acc = 0; for (int j = 0; j < L; ++j) acc += P[size_t(i) * L + j] * Y(v, j, d); r.o[row * D + d] = acc; }
         double delta = 0; for (int d = 0; d < D; ++d) delta += r.o[row * D + d] * X(go, i, d);
         for (int j = 0; j < L; ++j) if (P[size_t(i) * L + j] != 0) {
-          double dp = 0; for (int d = 0; d < D; ++d) dp += X(go, i, d) * X(v, j, d);
+          double dp = 0; for (int d = 0; d < D; ++d) dp += X(go, i, d) * Y(v, j, d);
           dS[size_t(i) * L + j] = P[size_t(i) * L + j] * (dp - delta);
         }
       }
-      const size_t base = (size_t(b) * H + h) * L;
-      for (int i = 0; i < L; ++i) for (int j = 0; j < L; ++j) {
+      const size_t base = (size_t(b) * H + h) * Lq, kbase = (size_t(b) * (H / G) + h / G) * L;
+      for (int i = 0; i < Lq; ++i) for (int j = 0; j < L; ++j) {
         const double pv = P[size_t(i) * L + j], ds = dS[size_t(i) * L + j];
         if (pv == 0 && ds == 0) continue;
         for (int d = 0; d < D; ++d) {
-          r.dq[(base + i) * D + d] += p.scale * ds * X(k, j, d);
-          r.dk[(base + j) * D + d] += p.scale * ds * X(q, i, d);
-          r.dv[(base + j) * D + d] += pv * X(go, i, d);
+          r.dq[(base + i) * D + d] += p.scale * ds * Y(k, j, d);
+          r.dk[(kbase + j) * D + d] += p.scale * ds * X(q, i, d);
+          r.dv[(kbase + j) * D + d] += pv * X(go, i, d);
         }
       }
     }
@@ -211,13 +214,15 @@ static int failures = 0;
 template <typename E, int D>
 static void run_case(const std::string& name, LayoutData& lay, int mode, bool padded, uint32_t seed,
                      float scale_mul = 1.f) {
-  const int B = 2, H = 2, L = lay.ls.seq_len;
+  // GQA layouts ("gqa_..."): 4 q heads on 2 k/v heads; otherwise 2 and 2.
+  const int G = name.rfind("gqa_", 0) == 0 ? 2 : 1;
+  const int B = 2, H = 2 * G, Hk = H / G, L = lay.ls.seq_len, Lq = lay.ls.q_len;
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
-  Tensor<E> q(B, H, L, D, mode), k(B, H, L, D, mode), v(B, H, L, D, mode), go(B, H, L, D, mode);
+  Tensor<E> q(B, H, Lq, D, mode), k(B, Hk, L, D, mode), v(B, Hk, L, D, mode), go(B, H, Lq, D, mode);
   for (auto* t : {&q, &k, &v, &go}) {
     std::fill(t->buf.begin(), t->buf.end(), nan_value<E>());  // gaps must never be read
-    for (int b = 0; b < B; ++b) for (int h = 0; h < H; ++h) for (int l = 0; l < L; ++l) for (int d = 0; d < D; ++d)
+    for (int b = 0; b < t->B; ++b) for (int h = 0; h < t->H; ++h) for (int l = 0; l < t->L; ++l) for (int d = 0; d < D; ++d)
       t->at(b, h, l, d) = from_float<E>(nd(rng));
   }
   std::vector<int32_t> lens;
@@ -226,15 +231,15 @@ static void run_case(const std::string& name, LayoutData& lay, int mode, bool pa
     if (lens[1] > lay.ls.text_len) lens[1] = lay.ls.text_len;
   }
   AttnParams p;
-  p.ls = lay.ls; p.batch = B; p.heads = H; p.head_dim = D;
+  p.ls = lay.ls; p.batch = B; p.heads = H; p.head_dim = D; p.kv_group = G;
   p.scale = scale_mul / std::sqrt(float(D));
   p.text_lens = lens.empty() ? nullptr : lens.data();
   p.q = q.ptr(); p.k = k.ptr(); p.v = v.ptr();
   for (int i = 0; i < 3; ++i) { p.q_s[i] = q.s[i]; p.k_s[i] = k.s[i]; p.v_s[i] = v.s[i]; }
 
   // CPU reference forward (contiguous outputs)
-  Tensor<E> o_ref(B, H, L, D, 0), o_gpu(B, H, L, D, mode);
-  std::vector<float> lse_ref(size_t(B) * H * L), lse_gpu(size_t(B) * H * L, std::nanf(""));
+  Tensor<E> o_ref(B, H, Lq, D, 0), o_gpu(B, H, Lq, D, mode);
+  std::vector<float> lse_ref(size_t(B) * H * Lq), lse_gpu(size_t(B) * H * Lq, std::nanf(""));
   AttnParams pc = p;
   pc.o = o_ref.ptr(); for (int i = 0; i < 3; ++i) pc.o_s[i] = o_ref.s[i];
   pc.lse = lse_ref.data();
@@ -263,11 +268,11 @@ static void run_case(const std::string& name, LayoutData& lay, int mode, bool pa
   }
 
   // Backward, both from the reference o / lse.
-  Tensor<E> dq_ref(B, H, L, D, 0), dk_ref(B, H, L, D, 0), dv_ref(B, H, L, D, 0);
-  Tensor<E> dq_gpu(B, H, L, D, mode), dk_gpu(B, H, L, D, mode), dv_gpu(B, H, L, D, mode);
-  Tensor<E> o_in(B, H, L, D, mode);
+  Tensor<E> dq_ref(B, H, Lq, D, 0), dk_ref(B, Hk, L, D, 0), dv_ref(B, Hk, L, D, 0);
+  Tensor<E> dq_gpu(B, H, Lq, D, mode), dk_gpu(B, Hk, L, D, mode), dv_gpu(B, Hk, L, D, mode);
+  Tensor<E> o_in(B, H, Lq, D, mode);
   std::fill(o_in.buf.begin(), o_in.buf.end(), nan_value<E>());
-  for (int b = 0; b < B; ++b) for (int h = 0; h < H; ++h) for (int l = 0; l < L; ++l) for (int d = 0; d < D; ++d)
+  for (int b = 0; b < B; ++b) for (int h = 0; h < H; ++h) for (int l = 0; l < Lq; ++l) for (int d = 0; d < D; ++d)
     o_in.at(b, h, l, d) = o_ref.at(b, h, l, d);
   std::vector<float> delta_ref(lse_ref.size()), delta_gpu(lse_ref.size(), std::nanf(""));
   auto set_bwd = [&](AttnParams& x, Tensor<E>& dq, Tensor<E>& dk, Tensor<E>& dv, float* delta) {

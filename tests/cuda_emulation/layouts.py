@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from vilg.layouts import Layout, ernie_vilg
+from vilg.layouts import Layout, causal, ernie_vilg, sliding_window
 
 
 def dump(layout: Layout, path: Path) -> None:
@@ -24,8 +24,10 @@ def dump(layout: Layout, path: Path) -> None:
             a["q_kv"].numel(),
             a["masks"].shape[0],
             0 if perm is None else 1,
+            layout.q_len,
+            layout.num_q_blocks,
         )
-        f.write(struct.pack("<8i", *head))
+        f.write(struct.pack("<10i", *head))
         for n in ("q_ptr", "q_kv", "q_mask", "k_ptr", "k_q", "k_mask"):
             f.write(a[n].to(torch.int32).contiguous().numpy().tobytes())
         f.write(a["masks"].to(torch.int64).contiguous().numpy().tobytes())
@@ -56,4 +58,16 @@ def write_all(out: Path) -> list[str]:
     m[:64, :] = False
     m[:, 64:128] = False
     dump(Layout.from_dense(m), out / "holes_200.bin")
-    return names + ["random_150", "random_40", "holes_200"]
+    # rectangular (a chunk of queries against a longer KV cache), GQA ("gqa_": 2 q heads per
+    # k/v head), and both, with padding via a text prefix
+    dump(causal(203).last_queries(70), out / "chunk_causal_203_70.bin")
+    dump(sliding_window(150, 37, prefix=5).last_queries(41), out / "chunk_window_155_41.bin")
+    dump(causal(100, prefix=7), out / "gqa_causal_107.bin")
+    dump(sliding_window(190, 50, prefix=9).last_queries(130), out / "gqa_chunk_window_199_130.bin")
+    extra = [
+        "chunk_causal_203_70",
+        "chunk_window_155_41",
+        "gqa_causal_107",
+        "gqa_chunk_window_199_130",
+    ]
+    return names + ["random_150", "random_40", "holes_200"] + extra

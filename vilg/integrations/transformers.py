@@ -8,9 +8,10 @@
 `register` adds an attention function (and a matching mask function) through transformers'
 public `AttentionInterface` / `AttentionMaskInterface`. The layout decides which keys each
 query sees, in place of the model's own mask; a 2-D padding `attention_mask` (right padding)
-becomes per-sample key lengths. Queries and keys must have equal length (training and
-prefill; cached decoding is not supported yet). GQA models pass fewer k/v heads, which the
-kernels read without repeating them.
+becomes per-sample key lengths. Queries may be fewer than keys with a KV cache (chunked
+prefill: the layout of the key length, its last rows; causal layouts only), but each new
+cache length builds a layout, so decode in chunks, not token by token. GQA models pass fewer
+k/v heads, which the kernels read without repeating them.
 """
 
 from __future__ import annotations
@@ -57,14 +58,12 @@ def make_attention_function(layout_fn: Layout | LayoutFn, cache_size: int = 8):
     ):
         if dropout:
             raise ValueError("vilg attention has no attention dropout; set it to 0")
-        B, _, L, _ = query.shape
-        if key.shape[2] != L:
-            raise ValueError(
-                f"vilg attention needs equal query and key lengths, got {L} and {key.shape[2]} "
-                "(cached decoding is not supported yet)"
-            )
+        B, _, Lq, _ = query.shape
+        L = key.shape[2]
+        if Lq > L:
+            raise ValueError(f"vilg attention needs at most as many queries as keys, got {Lq}, {L}")
         lens = _key_lens(attention_mask, B, L)
-        lay = layouts.get(L, query.device)
+        lay = layouts.get(L, query.device)  # fewer queries: sparse_attention takes its last rows
         out = sparse_attention(query, key, value, lay, scale=scaling, key_lens=lens)
         return out.transpose(1, 2), None
 

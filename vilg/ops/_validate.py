@@ -92,15 +92,53 @@ def text_lens(
 
 def key_lens(lens, batch: int, layout, device: torch.device) -> torch.Tensor | None:
     """Per-sample key lengths: keys at sequence positions >= key_lens[b] are masked. The kernels
-    express it as a text segment spanning the whole sequence, which needs sequence order."""
+    express it as a text segment spanning the whole sequence, which needs sequence order (the
+    caller runs a permuted layout's `sequence_order()` twin)."""
     if lens is None:
         return None
-    if layout.kernel_perm is not None:
-        raise ValueError(
-            "key_lens needs a layout in sequence order (this one permutes the sequence, e.g. "
-            "column attention on the transposed grid); build it without the permutation"
-        )
     return text_lens(lens, batch, layout.seq_len, device, name="key_lens")
+
+
+def key_order_layout(layout):
+    """The layout to run with key_lens: `layout`, or its sequence-order twin when it permutes
+    (built on the eager path; under torch.compile only one built before is used)."""
+    if layout.kernel_perm is None:
+        return layout
+    if torch.compiler.is_compiling():
+        hit = layout._chunks.get(0)
+        if hit is None:
+            raise ValueError(
+                "key_lens with a permuted layout runs its sequence-order twin: under "
+                "torch.compile call layout.sequence_order() once before compiling"
+            )
+        return hit
+    return layout.sequence_order()
+
+
+def chunk_layout(q, k, layout):
+    """The layout for q against k: `layout` itself, or, when q has fewer positions than k and
+    the layout is square, its rectangular `last_queries(q_len)` (built on the eager path;
+    under torch.compile only one built before is used)."""
+    from vilg.layouts import Layout
+
+    if not isinstance(layout, Layout) or not isinstance(q, torch.Tensor):
+        return layout  # attention() says what is wrong
+    if not isinstance(k, torch.Tensor) or q.dim() != 4 or k.dim() != 4:
+        return layout
+    q_len = q.shape[2]
+    if q_len == layout.q_len or layout.is_rectangular or k.shape[2] != layout.seq_len:
+        return layout
+    if not 0 < q_len < layout.seq_len:
+        return layout  # attention() names the mismatch
+    if torch.compiler.is_compiling():  # only a chunk layout built before (no build traced)
+        hit = layout._chunks.get(int(q_len))
+        if hit is None:
+            raise ValueError(
+                f"q has {q_len} positions, k {layout.seq_len}: under torch.compile pass "
+                f"layout.last_queries({q_len}) (built once, before compiling) as the layout"
+            )
+        return hit
+    return layout.last_queries(int(q_len))
 
 
 def attention(q, k, v, layout) -> int:
@@ -118,17 +156,22 @@ def attention(q, k, v, layout) -> int:
     if not q.dtype == k.dtype == v.dtype:
         raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     device = same_device({"q": q, "k": k, "v": v})
-    if k.shape != v.shape or q.shape[:1] + q.shape[2:] != k.shape[:1] + k.shape[2:]:
+    if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
         raise ValueError(
-            f"q, k, v must have the same shape (k, v may have fewer heads), got {list(q.shape)}, "
-            f"{list(k.shape)}, {list(v.shape)}"
+            f"q, k, v must have the same shape (k, v may have fewer heads, q fewer positions), "
+            f"got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}"
         )
     if k.shape[1] < 1 or q.shape[1] % k.shape[1]:
         raise ValueError(
             f"q heads ({q.shape[1]}) must be a multiple of k/v heads ({k.shape[1]}) (GQA / MQA)"
         )
-    if q.shape[2] != layout.seq_len:
-        raise ValueError(f"sequence length {q.shape[2]} differs from the layout's {layout.seq_len}")
+    if k.shape[2] != layout.seq_len:
+        raise ValueError(f"sequence length {k.shape[2]} differs from the layout's {layout.seq_len}")
+    if q.shape[2] != layout.q_len:
+        raise ValueError(
+            f"q has {q.shape[2]} positions, the layout {layout.q_len} queries "
+            f"(for {layout.seq_len} keys)"
+        )
     d = q.shape[3]
     if device.type == "cuda":
         cuda_built()

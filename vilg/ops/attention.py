@@ -1,7 +1,15 @@
-"""Block-sparse attention as a torch custom op (autograd, torch.compile, fake tensors)."""
+"""Block-sparse attention as a torch custom op (autograd, torch.compile, fake tensors), and an
+eager fast path around it.
+
+The custom ops are what torch.compile, fake tensors, torch.func and dispatch modes see. Plain
+eager calls take `_EagerAttention` instead, an autograd.Function over the same kernel calls:
+a torch.library custom op enters torch._dynamo's import on its first call (seconds, paid by
+the first attention call of every process), and it adds dispatcher layers to every call.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -11,6 +19,29 @@ from vilg.layouts import Layout
 from vilg.ops import _validate
 from vilg.ops._arrays import accepts_arrays
 from vilg.ops._buffers import ref, stream_of
+
+
+def _fwd_impl(q, k, v, layout, perm, text_lens, block, text_start, text_len, scale):
+    B, H, L, _ = q.shape
+    o = torch.empty_like(q)
+    lse = torch.empty(B, H, L, dtype=torch.float32, device=q.device)
+    C().attention_fwd(
+        ref(q),
+        ref(k),
+        ref(v),
+        ref(o),
+        ref(lse),
+        (*map(ref, layout), ref(perm)),
+        L,
+        k.shape[2],
+        block,
+        text_start,
+        text_len,
+        ref(text_lens),
+        scale,
+        stream_of(q),
+    )
+    return o, lse
 
 
 @torch.library.custom_op("vilg::sparse_attention_fwd", mutates_args=())
@@ -26,17 +57,36 @@ def _fwd(
     text_len: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _fwd_impl(q, k, v, layout, perm, text_lens, block, text_start, text_len, scale)
+
+
+@_fwd.register_fake
+def _(q, k, v, layout, perm, text_lens, block, text_start, text_len, scale):
     B, H, L, _ = q.shape
-    o = torch.empty_like(q)
-    lse = torch.empty(B, H, L, dtype=torch.float32, device=q.device)
-    C().attention_fwd(
+    return torch.empty_like(q), q.new_empty(B, H, L, dtype=torch.float32)
+
+
+def _bwd_impl(
+    grad_out, q, k, v, o, lse, layout, perm, text_lens, block, text_start, text_len, scale
+):
+    if grad_out.stride(-1) != 1:
+        grad_out = grad_out.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    delta = torch.empty_like(lse)
+    C().attention_bwd(
+        ref(grad_out),
         ref(q),
         ref(k),
         ref(v),
         ref(o),
         ref(lse),
+        ref(dq),
+        ref(dk),
+        ref(dv),
+        ref(delta),
         (*map(ref, layout), ref(perm)),
-        L,
+        q.shape[2],
+        k.shape[2],
         block,
         text_start,
         text_len,
@@ -44,13 +94,7 @@ def _fwd(
         scale,
         stream_of(q),
     )
-    return o, lse
-
-
-@_fwd.register_fake
-def _(q, k, v, layout, perm, text_lens, block, text_start, text_len, scale):
-    B, H, L, _ = q.shape
-    return torch.empty_like(q), q.new_empty(B, H, L, dtype=torch.float32)
+    return dq, dk, dv
 
 
 @torch.library.custom_op("vilg::sparse_attention_bwd", mutates_args=())
@@ -69,31 +113,9 @@ def _bwd(
     text_len: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if grad_out.stride(-1) != 1:
-        grad_out = grad_out.contiguous()
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    delta = torch.empty_like(lse)
-    C().attention_bwd(
-        ref(grad_out),
-        ref(q),
-        ref(k),
-        ref(v),
-        ref(o),
-        ref(lse),
-        ref(dq),
-        ref(dk),
-        ref(dv),
-        ref(delta),
-        (*map(ref, layout), ref(perm)),
-        q.shape[2],
-        block,
-        text_start,
-        text_len,
-        ref(text_lens),
-        scale,
-        stream_of(q),
+    return _bwd_impl(
+        grad_out, q, k, v, o, lse, layout, perm, text_lens, block, text_start, text_len, scale
     )
-    return dq, dk, dv
 
 
 @_bwd.register_fake
@@ -118,25 +140,43 @@ def _backward(ctx, grad_out, _grad_lse):
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _grouped(run, q, k, v, g: int):
-    """GQA / MQA (g q heads per k/v head, q head h reads k/v head h // g, as transformers'
-    repeat_kv) without copying k, v: the kernels read q, k, v through strides but need equal
-    head counts, so split into equal-head calls and let autograd sum dK, dV over the group.
-    Interim cost: the backward still produces one dK/dV per q head before that sum (a
-    kernel-native group accumulation comes with the kernel rewrite)."""
-    B, H, L, D = q.shape
-    Hkv = k.shape[1]
-    if Hkv <= g:  # few k/v heads (MQA): one call per k/v head, its k/v broadcast (stride 0)
-        outs = [
-            run(q[:, h * g : (h + 1) * g], *(t[:, h : h + 1].expand(B, g, L, D) for t in (k, v)))
-            for h in range(Hkv)
-        ]
-        return torch.cat([o for o, _ in outs], 1), torch.cat([s for _, s in outs], 1)
-    # many k/v heads: call j takes q heads j, j + g, ... (a strided view) against all of k, v
-    outs = [run(q[:, j::g], k, v) for j in range(g)]
-    o = torch.stack([o for o, _ in outs], 2).reshape(B, H, L, D)
-    lse = torch.stack([s for _, s in outs], 2).reshape(B, H, L)
-    return o, lse
+def _profiled(name: str):
+    """The op's name as a profiler range on the eager path (what the custom op shows)."""
+    if torch.autograd.profiler._is_profiler_enabled:
+        return torch.profiler.record_function(name)
+    return contextlib.nullcontext()
+
+
+class _EagerAttention(torch.autograd.Function):
+    """The custom op's forward and backward, for plain eager calls (see the module doc)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, layout, perm, text_lens, block, text_start, text_len, scale):
+        with _profiled("vilg::sparse_attention_fwd"):
+            o, lse = _fwd_impl(q, k, v, layout, perm, text_lens, block, text_start, text_len, scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.extra = (layout, perm, text_lens, block, text_start, text_len, scale)
+        ctx.mark_non_differentiable(lse)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_lse):
+        q, k, v, o, lse = ctx.saved_tensors
+        with _profiled("vilg::sparse_attention_bwd"):
+            dq, dk, dv = _bwd_impl(grad_out, q, k, v, o, lse, *ctx.extra)
+        return dq, dk, dv, None, None, None, None, None, None, None
+
+
+def _plain_eager(*ts: torch.Tensor) -> bool:
+    """Plain tensors, no compile, no torch-function or dispatch mode, no functorch transform:
+    the fast path (anything that intercepts ops sees the custom op instead)."""
+    return (
+        not torch.compiler.is_compiling()
+        and all(type(t) is torch.Tensor for t in ts)
+        and not torch._C._is_torch_function_mode_enabled()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._are_functorch_transforms_active()
+    )
 
 
 @accepts_arrays
@@ -155,18 +195,23 @@ def sparse_attention(
     `layout.dense_mask()` (plus padded keys masked per sample), computed over the allowed
     tiles only.
 
-    q: [batch, heads, seq, head_dim]; k, v: [batch, kv_heads, seq, head_dim] with heads a
-    multiple of kv_heads (GQA / MQA: q head h reads k/v head h // (heads // kv_heads));
-    float32 / float16 / bfloat16, last dim contiguous (NumPy / CuPy arrays answer in kind).
+    q: [batch, heads, q_len, head_dim]; k, v: [batch, kv_heads, seq, head_dim] with heads a
+    multiple of kv_heads (GQA / MQA: q head h reads k/v head h // (heads // kv_heads), in the
+    kernels, no copies); float32 / float16 / bfloat16, last dim contiguous (NumPy / CuPy arrays
+    answer in kind). q_len = seq (layout.seq_len) or, for a causal layout, fewer: the queries
+    are then the last q_len positions (a chunk against a KV cache, see Layout.last_queries;
+    derived and cached on the eager path, pass layout.last_queries(q_len) under torch.compile).
     text_lens [batch]: real lengths of the layout's text segment (its padded keys are masked).
-    key_lens [batch]: keys at positions >= key_lens[b] are masked (padding for any layout in
-    sequence order). At most one of the two. Their values are checked on the eager CPU path
-    only (under torch.compile the kernels clamp them).
+    key_lens [batch]: keys at positions >= key_lens[b] are masked (padding, any layout; a
+    permuted one runs as its `sequence_order()` twin, built once). At most one of the two.
+    Their values are checked on the eager CPU path only (under torch.compile the kernels clamp
+    them).
     Returns out [batch, heads, seq, head_dim] and, with return_lse, the float32 log-sum-exp
     [batch, heads, seq] (-inf for a query with no allowed key, whose output is 0).
     Works under torch.compile(fullgraph=True).
     """
-    g = _validate.attention(q, k, v, layout)
+    layout = _validate.chunk_layout(q, k, layout)
+    _validate.attention(q, k, v, layout)
     B = q.shape[0]
     if scale is None:  # int(): the head dim is static even under dynamic shapes
         scale = 1.0 / math.sqrt(int(q.shape[3]))
@@ -176,6 +221,7 @@ def sparse_attention(
     if key_lens is not None:
         if text_lens is not None:
             raise ValueError("give text_lens or key_lens, not both")
+        layout = _validate.key_order_layout(layout)  # key lengths cut the sequence order
         text_start, text_len = 0, layout.seq_len  # the "text" segment is then the whole sequence
         lens = _validate.key_lens(key_lens, B, layout, q.device)
     else:
@@ -184,8 +230,6 @@ def sparse_attention(
     *arrays, perm = layout.kernel_arrays(q.device)
     arrays = list(arrays)
 
-    def run(q_, k_, v_):
-        return _fwd(q_, k_, v_, arrays, perm, lens, layout.block_size, text_start, text_len, scale)
-
-    o, lse = run(q, k, v) if g == 1 else _grouped(run, q, k, v, g)
+    args = (q, k, v, arrays, perm, lens, layout.block_size, text_start, text_len, scale)
+    o, lse = _EagerAttention.apply(*args) if _plain_eager(q, k, v) else _fwd(*args)
     return (o, lse) if return_lse else o
