@@ -9,7 +9,6 @@ the first attention call of every process), and it adds dispatcher layers to eve
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -18,7 +17,7 @@ from vilg._ext import C
 from vilg.layouts import Layout
 from vilg.ops import _validate
 from vilg.ops._arrays import accepts_arrays
-from vilg.ops._buffers import ref, stream_of
+from vilg.ops._buffers import profiled, ref, stream_of
 
 
 def _fwd_impl(q, k, v, layout, perm, text_lens, block, text_start, text_len, scale):
@@ -140,19 +139,12 @@ def _backward(ctx, grad_out, _grad_lse):
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _profiled(name: str):
-    """The op's name as a profiler range on the eager path (what the custom op shows)."""
-    if torch.autograd.profiler._is_profiler_enabled:
-        return torch.profiler.record_function(name)
-    return contextlib.nullcontext()
-
-
 class _EagerAttention(torch.autograd.Function):
     """The custom op's forward and backward, for plain eager calls (see the module doc)."""
 
     @staticmethod
     def forward(ctx, q, k, v, layout, perm, text_lens, block, text_start, text_len, scale):
-        with _profiled("vilg::sparse_attention_fwd"):
+        with profiled("vilg::sparse_attention_fwd"):
             o, lse = _fwd_impl(q, k, v, layout, perm, text_lens, block, text_start, text_len, scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.extra = (layout, perm, text_lens, block, text_start, text_len, scale)
@@ -162,7 +154,7 @@ class _EagerAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, _grad_lse):
         q, k, v, o, lse = ctx.saved_tensors
-        with _profiled("vilg::sparse_attention_bwd"):
+        with profiled("vilg::sparse_attention_bwd"):
             dq, dk, dv = _bwd_impl(grad_out, q, k, v, o, lse, *ctx.extra)
         return dq, dk, dv, None, None, None, None, None, None, None
 

@@ -16,7 +16,7 @@ from vilg._ext import C
 from vilg.layouts import Layout
 from vilg.ops import _validate
 from vilg.ops._arrays import accepts_arrays
-from vilg.ops._buffers import ref, stream_of
+from vilg.ops._buffers import profiled, ref, stream_of
 
 
 @torch.library.custom_op("vilg::decode_attention", mutates_args=())
@@ -198,10 +198,11 @@ class DecodePlan:
             pos_ref = self._static[5]
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         k, v, keys, lens, key_ptr = self._static[:5]
-        C().decode_attention(
-            ref(q), k, v, keys, ref(out), ws, splits, lens, self.text_start, self.text_len,
-            self.scale, stream_of(q), key_ptr, pos_ref,
-        )  # fmt: skip
+        with profiled("vilg::decode_attention"):
+            C().decode_attention(
+                ref(q), k, v, keys, ref(out), ws, splits, lens, self.text_start, self.text_len,
+                self.scale, stream_of(q), key_ptr, pos_ref,
+            )  # fmt: skip
         return out
 
     def _prepare(self) -> None:

@@ -27,7 +27,7 @@ import torch
 from vilg._ext import C
 from vilg.ops import _validate
 from vilg.ops._arrays import accepts_arrays
-from vilg.ops._buffers import ref, stream_of
+from vilg.ops._buffers import profiled, ref, stream_of
 
 _U64 = 1 << 64
 
@@ -94,5 +94,8 @@ def sample(
     seed = _validate._int_scalar(seed, "seed")
     offset = _validate._int_scalar(offset, "offset")
     # eager: straight to the kernel (the op's dispatch costs more than sampling a decode step)
-    op = _sample if torch.compiler.is_compiling() else _run
-    return op(logits, uncond, cfg_scale, temperature, top_k, top_p, _as_i64(seed), _as_i64(offset))
+    args = (logits, uncond, cfg_scale, temperature, top_k, top_p, _as_i64(seed), _as_i64(offset))
+    if torch.compiler.is_compiling():
+        return _sample(*args)
+    with profiled("vilg::sample"):
+        return _run(*args)
