@@ -143,6 +143,50 @@ PRESETS["long"] = _merged(
 )
 
 
+# a 16x16 token grid (f = 3 at 48 px): a cell is 5.3 tokens wide (16 cannot be split into 3
+# equal parts, so the three columns / rows of cells sit at three phases of the token grid), an
+# object is drawn from 4-25 codes, and a generator sequence (text + 256 image tokens) spans five
+# 64-token tiles. Per-patch tokenizer (3x3-pixel patches, token_kernel=1) with a small trunk:
+# the data holds ~540 distinct patches; the trunk and steps are what fit the time budget.
+# Measured (results and timings in the README and bench/results/shapes16-cpu-2026-11-30.json):
+# (filled in by the measured run)
+PRESETS["shapes16"] = {
+    "data": {
+        "train_size": 20000,
+        "val_size": 256,
+        "image_size": 48,
+        "train_count_probs": [0.25, 0.35, 0.4],
+    },
+    "vq": {
+        "model": {
+            "patch": 3,
+            "channels": [64],
+            "blocks": 1,
+            "codebook_size": 640,
+            "code_dim": 32,
+        },
+        "train": {"steps": 800, "batch_size": 32, "lr": 3e-3, "warmup": 20},
+    },
+    "matcher": {
+        "model": {"dim": 64, "embed_dim": 64, "text_layers": 2},
+        "train": {"steps": 400, "batch_size": 64, "lr": 2e-3, "warmup": 20},
+    },
+    "generator": {
+        "model": {"n_layer": 4, "n_head": 8, "n_embd": 64},
+        "train": {
+            "steps": 1200,
+            "batch_size": 16,
+            "lr": 2e-3,
+            "warmup": 50,
+            "weight_decay": 0.01,
+            "eval_every": 200,
+        },
+        # text->image rows only: in the time budget every step goes to the target task
+        "tasks": {"t2i_frac": 1.0, "cap_frac": 0.0, "vqa_frac": 0.0},
+    },
+}
+
+
 def get_preset(name: str, overrides: list[str] | None = None) -> dict:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
