@@ -33,21 +33,18 @@ def _decode(
     pos: torch.Tensor | None = None,
     max_keys: int = 0,
 ) -> torch.Tensor:
+    B, H, D = q.shape
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    _launch(
-        q,
-        k_cache,
-        v_cache,
-        keys,
-        out,
-        text_lens,
-        text_start,
-        text_len,
-        scale,
-        key_ptr,
-        pos,
-        max_keys or keys.numel(),
-    )
+    ws, splits = None, 1
+    if q.is_cuda:  # split-K sized for the longest key list the call may see
+        splits = C().decode_splits(B, H, max_keys or keys.numel(), q.device.index)
+        if splits > 1:
+            n = C().decode_workspace_floats(B, H, D, splits)
+            ws = torch.empty(n, dtype=torch.float32, device=q.device)
+    C().decode_attention(
+        ref(q), ref(k_cache), ref(v_cache), ref(keys), ref(out), ref(ws), splits,
+        ref(text_lens), text_start, text_len, scale, stream_of(q), ref(key_ptr), ref(pos),
+    )  # fmt: skip
     return out
 
 
@@ -66,34 +63,6 @@ def _(
     max_keys=0,
 ):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
-
-
-def _launch(
-    q,
-    k_cache,
-    v_cache,
-    keys,
-    out,
-    text_lens,
-    text_start,
-    text_len,
-    scale,
-    key_ptr,
-    pos,
-    max_keys,
-    ws=None,
-):
-    B, H, D = q.shape
-    splits = 1
-    if q.is_cuda:
-        splits = C().decode_splits(B, H, max_keys, q.device.index)
-        if splits > 1 and ws is None:
-            n = C().decode_workspace_floats(B, H, D, splits)
-            ws = torch.empty(n, dtype=torch.float32, device=q.device)
-    C().decode_attention(
-        ref(q), ref(k_cache), ref(v_cache), ref(keys), ref(out), ref(ws), splits,
-        ref(text_lens), text_start, text_len, scale, stream_of(q), ref(key_ptr), ref(pos),
-    )  # fmt: skip
 
 
 def _scale(scale, D: int) -> float:
