@@ -85,10 +85,11 @@ GEN=(--dtype "$DT" --batch 8 64 --rounds 1)
 step bench-generation 90 "$PY" bench/generation.py --device "$DEV" "${GEN[@]}" \
   -o "$WORK/generation.json"
 # the model: a training step on vilg vs masked SDPA vs eager attention (time, memory, loss)
-MS=(--steps 12 --chunk 3 --warmup 2 --generate)
-((DRY)) && MS=(--quick --no-plot)
-step bench-model-step 150 "$PY" bench/model_step.py --device "$DEV" "${MS[@]}" \
-  --out "$WORK/model_step.json"
+# (not in the dry run: tests/test_model_step_bench.py runs the same command on the CPU)
+if ((!DRY)); then
+  step bench-model-step 150 "$PY" bench/model_step.py --device "$DEV" --steps 12 --chunk 3 \
+    --warmup 2 --generate --out "$WORK/model_step.json"
+fi
 step profile-all 120 "$PY" bench/profile_all.py --device "$DEV" --dtype "$DT" "${BATCH[@]}" \
   "${PROF[@]}" -o "$WORK/profile.json"
 step roofline 30 "$PY" bench/plot.py --roofline "$WORK/profile.json" -o "$WORK/roofline.png"
