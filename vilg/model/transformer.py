@@ -78,19 +78,45 @@ def dense_mask(layout, text_lens, device) -> tuple[torch.Tensor, torch.Tensor]:
     Rows without any allowed key are opened to every key in the returned mask (a softmax over
     nothing is NaN, and NaN would reach the gradients) and must be zeroed afterwards: vilg's
     output for such a query is 0."""
+    mask = _layout_mask(layout, device)
+    if text_lens is not None:
+        mask = mask & ~_padded_keys(layout, text_lens, layout.seq_len, device)
+    return _open_empty_rows(mask)
+
+
+def _layout_mask(layout, device) -> torch.Tensor:
+    """layout.dense_mask() on `device`, built once per layout and device."""
     per_device = _DENSE_MASKS.setdefault(layout, {})
     device = torch.device(device)
     mask = per_device.get(device)
     if mask is None:
         mask = per_device[device] = layout.dense_mask(device).contiguous()
-    if text_lens is not None:
-        start, n = layout.text_segment
-        off = torch.arange(layout.seq_len, device=device) - start
-        lens = torch.as_tensor(text_lens, device=device)[:, None]
-        padded = (off >= lens) & (off >= 0) & (off < n)  # [B, L] keys
-        mask = mask & ~padded[:, None, None, :]
+    return mask
+
+
+def _padded_keys(layout, text_lens, n: int, device) -> torch.Tensor:
+    """[B, 1, 1, n] bool: which of the first n keys text_lens pads (offset >= text_lens[b]
+    inside the layout's text segment)."""
+    start, tl = layout.text_segment
+    off = torch.arange(n, device=device) - start
+    lens = torch.as_tensor(text_lens, device=device)[:, None]
+    return ((off >= lens) & (off >= 0) & (off < tl))[:, None, None, :]
+
+
+def _open_empty_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     empty = ~mask.any(-1, keepdim=True)
     return mask | empty, empty
+
+
+def _dense_attention(impl: str, q, k, v, mask, empty):
+    """softmax(q k^T / sqrt(d) under mask) v by SDPA or with the scores materialised; the
+    `empty` rows (opened in mask) are zeroed, as vilg's kernels give 0 there."""
+    if impl == "sdpa":
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    else:
+        att = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        y = att.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+    return y.masked_fill(empty, 0.0)
 
 
 class Attention(nn.Module):
@@ -123,13 +149,7 @@ class Attention(nn.Module):
             return ops.sparse_attention(q, k, v, layout, text_lens=text_lens)
         if impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
-        mask, empty = dense_mask(layout, text_lens, q.device)
-        if impl == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        else:
-            att = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-            y = att.masked_fill(~mask, float("-inf")).softmax(-1) @ v
-        return y.masked_fill(empty, 0.0)
+        return _dense_attention(impl, q, k, v, *dense_mask(layout, text_lens, q.device))
 
     def step(self, x, layout, pos, cache, text_lens):
         """One decode step for the token at `pos` (an int, or an int64 [1] tensor); x [B, C]."""
@@ -156,25 +176,16 @@ class Attention(nn.Module):
         """A dense KV-cache step (what a decoder without sparse kernels does): the query
         against the cache up to `pos` (an int) or the whole layout (a tensor position, so the
         shapes stay fixed), under the layout's mask row and the text padding."""
-        mask = dense_mask(layout, None, q.device)[0]  # [L, L], built once per layout
+        mask = _layout_mask(layout, q.device)
         if isinstance(pos, torch.Tensor):
             n, row = layout.seq_len, mask.index_select(0, pos)
         else:
             n, row = pos + 1, mask[pos : pos + 1, : pos + 1]
         if text_lens is not None:
-            start, tl = layout.text_segment
-            off = torch.arange(n, device=q.device) - start
-            lens = text_lens.to(q.device)[:, None]
-            row = row & ~((off >= lens) & (off >= 0) & (off < tl))[:, None, None, :]
-        hole = ~row.any(-1, keepdim=True)
-        row = row | hole  # no allowed key: attend anything, then zero it (vilg's output is 0)
+            row = row & ~_padded_keys(layout, text_lens, n, q.device)
         k, v = cache[0][:, :, :n], cache[1][:, :, :n]
-        if self.cfg.attn_impl == "sdpa":
-            y = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=row)
-        else:
-            att = (q[:, :, None] * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-            y = att.masked_fill(~row, float("-inf")).softmax(-1) @ v
-        return y.masked_fill(hole, 0.0)[:, :, 0]
+        impl = self.cfg.attn_impl
+        return _dense_attention(impl, q[:, :, None], k, v, *_open_empty_rows(row))[:, :, 0]
 
 
 class LayerCache(tuple):
