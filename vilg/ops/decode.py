@@ -119,7 +119,7 @@ class DecodePlan:
         B, H, S, D = k_cache.shape if k_cache.dim() == 4 else (0, 0, 0, 0)
         q = k_cache.new_empty(B, H, D)
         _validate.decode(q, k_cache, v_cache, layout, 0)
-        ptr, keys = layout.query_keys()
+        keys = layout.query_keys()[1]
         if keys.numel() and int(keys.max()) >= S:
             raise ValueError(
                 f"the layout lets a query attend position {int(keys.max())}, beyond the cache "
@@ -132,7 +132,7 @@ class DecodePlan:
         self.text_lens = _validate.text_lens(text_lens, B, self.text_len, self.device)
         self.key_ptr, self.keys = layout.query_keys(self.device)
         self.max_keys = layout.max_keys_per_query
-        self._static = None  # kernel views of what stays put, made on the first eager call
+        self._refs = None  # kernel views of what stays put, made on the first eager call
 
     def _check_q(self, q: torch.Tensor) -> None:
         if tuple(q.shape) != self.shape or q.dtype != self.dtype or q.device != self.device:
@@ -149,9 +149,8 @@ class DecodePlan:
                            self.text_start, self.text_len, self.scale, self.key_ptr,
                            self._pos_tensor(pos), self.max_keys)  # fmt: skip
         self._check_q(q)
-        if self._static is None:
+        if self._refs is None:
             self._prepare()
-        splits, ws, pos_buf, pos_host = self._static[-4:]
         if isinstance(pos, torch.Tensor):
             pos = self._pos_tensor(pos)
             if pos.is_cpu and not 0 <= int(pos) < self.layout.seq_len:
@@ -160,34 +159,34 @@ class DecodePlan:
         else:
             if not 0 <= pos < self.layout.seq_len:
                 raise ValueError(f"pos {pos} outside the layout of {self.layout.seq_len}")
-            if pos_host is not None:
-                pos_host[0] = pos  # the CPU buffer through a NumPy view: no torch op
+            if self._pos_host is not None:
+                self._pos_host[0] = pos  # the CPU buffer through a NumPy view: no torch op
             else:
-                pos_buf.fill_(pos)  # a kernel taking the value as its argument: no sync
-            pos_ref = self._static[5]
+                self._pos_buf.fill_(pos)  # a kernel taking the value as its argument: no sync
+            pos_ref = self._refs["pos"]
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
-        k, v, keys, lens, key_ptr = self._static[:5]
+        r = self._refs
         with profiled("vilg::decode_attention"):
             C().decode_attention(
-                ref(q), k, v, keys, ref(out), ws, splits, lens, self.text_start, self.text_len,
-                self.scale, stream_of(q), key_ptr, pos_ref,
+                ref(q), r["k"], r["v"], r["keys"], ref(out), r["ws"], self._splits, r["lens"],
+                self.text_start, self.text_len, self.scale, stream_of(q), r["key_ptr"], pos_ref,
             )  # fmt: skip
         return out
 
     def _prepare(self) -> None:
         B, H, D = self.shape
-        splits, ws = 1, None
+        self._splits, self._ws = 1, None  # the workspace lives as long as the plan
         if self.device.type == "cuda":
-            splits = C().decode_splits(B, H, self.max_keys, self.device.index)
-            n = C().decode_workspace_floats(B, H, D, splits)
-            ws = torch.empty(n, dtype=torch.float32, device=self.device) if n else None
-        self._ws = ws  # kept alive with the plan
+            self._splits = C().decode_splits(B, H, self.max_keys, self.device.index)
+            n = C().decode_workspace_floats(B, H, D, self._splits)
+            self._ws = torch.empty(n, dtype=torch.float32, device=self.device) if n else None
         self._pos_buf = torch.zeros(1, dtype=torch.int64, device=self.device)
-        pos_host = self._pos_buf.numpy() if self.device.type == "cpu" else None
-        self._static = (
-            ref(self.k_cache), ref(self.v_cache), ref(self.keys), ref(self.text_lens),
-            ref(self.key_ptr), ref(self._pos_buf), splits, ref(ws), self._pos_buf, pos_host,
-        )  # fmt: skip
+        self._pos_host = self._pos_buf.numpy() if self.device.type == "cpu" else None
+        self._refs = {
+            "k": ref(self.k_cache), "v": ref(self.v_cache), "keys": ref(self.keys),
+            "lens": ref(self.text_lens), "key_ptr": ref(self.key_ptr), "ws": ref(self._ws),
+            "pos": ref(self._pos_buf),
+        }  # fmt: skip
 
     def _pos_tensor(self, pos) -> torch.Tensor:
         if not isinstance(pos, torch.Tensor):
