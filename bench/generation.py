@@ -35,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_name, thread_note, write_results  # noqa: E402
 
-from vilg.model.stepper import Stepper  # noqa: E402
-from vilg.model.transformer import T2I, GPTConfig, UnifiedTransformer  # noqa: E402
+from vilg.app.model.stepper import Stepper  # noqa: E402
+from vilg.app.model.transformer import T2I, GPTConfig, UnifiedTransformer  # noqa: E402
 
 CPU_MODES = ("checked", "vilg", "compile", "sdpa")
 GPU_MODES = ("checked", "vilg", "cuda-graph", "sdpa", "sdpa-graph")

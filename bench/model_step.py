@@ -57,7 +57,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import thread_note, write_results  # noqa: E402
 
-from vilg.model.transformer import I2T, T2I, GPTConfig, UnifiedTransformer  # noqa: E402
+from vilg.app.model.transformer import I2T, T2I, GPTConfig, UnifiedTransformer  # noqa: E402
 
 IMPLS = ("vilg", "sdpa", "eager")
 MiB = 2**20

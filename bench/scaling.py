@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_name, print_table, write_results  # noqa: E402
 
-from vilg.train.distributed import free_port, local_rank_env  # noqa: E402
+from vilg.app.train.distributed import free_port, local_rank_env  # noqa: E402
 
 # generator shapes: the presets' own, and ERNIE-ViLG's 300M end-to-end experiment
 # (24 layers, 1024 wide, 16 heads, a 32x32 token grid) defined here, not as a preset
@@ -44,11 +44,11 @@ SHAPES = {
 def _trainer(args, out, dist=None):
     import numpy as np
 
-    from vilg.data.pool import shapes_pool
-    from vilg.data.text_tokenizer import TextTokenizer
-    from vilg.model.transformer import GPTConfig, UnifiedTransformer
-    from vilg.train import distributed as D
-    from vilg.train.trainer import TrainConfig
+    from vilg.app.data.pool import shapes_pool
+    from vilg.app.data.text_tokenizer import TextTokenizer
+    from vilg.app.model.transformer import GPTConfig, UnifiedTransformer
+    from vilg.app.train import distributed as D
+    from vilg.app.train.trainer import TrainConfig
 
     shape = SHAPES[args.shape]
     tok = TextTokenizer.load(args.tokenizer)
@@ -94,7 +94,7 @@ def _trainer(args, out, dist=None):
 
 
 def _timed_class():
-    from vilg.train.stages import GeneratorTrainer
+    from vilg.app.train.stages import GeneratorTrainer
 
     class Timed(GeneratorTrainer):
         """The training loop only: no evaluation, checkpoint or export to time."""
@@ -125,7 +125,7 @@ def _rank(rank, world, port, args, result):
     global Timed
     local_rank_env(rank, world, port)
     torch.set_num_threads(args.threads)
-    from vilg.train import distributed as D
+    from vilg.app.train import distributed as D
 
     Timed = _timed_class()
     dist = D.init(args.mode, timeout_min=10) if world > 1 else None
@@ -170,8 +170,8 @@ def main():
     args = ap.parse_args()
     import torch.multiprocessing as mp
 
-    from vilg.data.shapes import all_corpus_text
-    from vilg.data.text_tokenizer import TextTokenizer
+    from vilg.app.data.shapes import all_corpus_text
+    from vilg.app.data.text_tokenizer import TextTokenizer
 
     device = torch.device(args.device)
     rows = []

@@ -142,7 +142,7 @@ def test_compile_default_recompiles_once_then_reuses(gen):
 
 def test_vilg_model_with_text_lens_compiles_fullgraph(gen):
     # the failing case: the model's text_lens check broke the graph
-    from vilg.model.transformer import GPTConfig, UnifiedTransformer
+    from vilg.app.model.transformer import GPTConfig, UnifiedTransformer
 
     torch.manual_seed(0)
     model = UnifiedTransformer(GPTConfig(text_len=8, grid=(4, 4), n_layer=2, n_head=2, n_embd=32))

@@ -9,9 +9,9 @@ from test_decode import dense_row
 
 import vilg.ops as O
 from vilg._ext import C
+from vilg.app.model.stepper import Stepper
+from vilg.app.model.transformer import I2T, T2I, VQA, GPTConfig, UnifiedTransformer
 from vilg.layouts import DIRECTIONS, KINDS, ernie_vilg
-from vilg.model.stepper import Stepper
-from vilg.model.transformer import I2T, T2I, VQA, GPTConfig, UnifiedTransformer
 from vilg.ops._buffers import ref
 
 TEXT, GRID = 11, (5, 7)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from vilg.cli import main as cli_main
+from vilg.app.cli import main as cli_main
 from vilg.layouts import ernie_vilg
 from vilg.profile import main
 from vilg.profile.measure import attention_entries

@@ -1,5 +1,5 @@
 """`python -m vilg ...` is the `vilg` command."""
 
-from vilg.cli import main
+from vilg.app.cli import main
 
 raise SystemExit(main())

@@ -1,8 +1,8 @@
-// CUDA entry point of decoding attention (parameters in ../cpu/decode.h).
+// CUDA entry point of decoding attention (parameters in ../common/decode_params.h).
 #pragma once
 #include <cstdint>
 
-#include "../cpu/decode.h"
+#include "../common/decode_params.h"
 
 namespace vilg::cuda {
 

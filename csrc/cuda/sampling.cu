@@ -1,5 +1,5 @@
-// The fused sampler on CUDA: one block per row, the algorithm of ../cpu/sampling.h with the
-// bit-exact helpers of ../common/philox.h, so it draws what the CPU draws.
+// The fused sampler on CUDA: one block per row, the algorithm of ../common/sampling_params.h
+// with the bit-exact helpers of ../common/philox.h, so it draws what the CPU draws.
 //
 // The row's mixed, tempered logits z are staged once in shared memory (or, for vocabularies
 // too large for it, recomputed from global memory on every pass; the arithmetic is identical).

@@ -1,8 +1,8 @@
-// CUDA entry point of the fused sampler (algorithm and parameters in ../cpu/sampling.h).
+// CUDA entry point of the fused sampler (algorithm and parameters in ../common/sampling_params.h).
 #pragma once
 #include <cstdint>
 
-#include "../cpu/sampling.h"
+#include "../common/sampling_params.h"
 
 namespace vilg::cuda {
 

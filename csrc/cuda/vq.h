@@ -1,9 +1,9 @@
-// CUDA entry points of the VQ family (parameter blocks in ../cpu/vq.h). Each launches on
+// CUDA entry points of the VQ family (parameter blocks in ../common/vq_params.h). Each launches on
 // `stream` of CUDA device `device` and never allocates device memory.
 #pragma once
 #include <cstdint>
 
-#include "../cpu/vq.h"
+#include "../common/vq_params.h"
 
 namespace vilg::cuda {
 

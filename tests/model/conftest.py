@@ -14,8 +14,8 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A run directory trained with the `tiny` preset (a few seconds)."""
-    from vilg.train.presets import get_preset
-    from vilg.train.run import train_run
+    from vilg.app.train.presets import get_preset
+    from vilg.app.train.run import train_run
 
     out = tmp_path_factory.mktemp("run")
     train_run(get_preset("tiny"), out, progress=False, log=lambda *a: None)

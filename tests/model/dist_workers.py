@@ -27,10 +27,10 @@ def shard_trainer(run, out, shards, dist=None, **train):
     collects the keys of the samples it takes."""
     import torch
 
-    from vilg.data.text_tokenizer import TextTokenizer
-    from vilg.model.transformer import GPTConfig, UnifiedTransformer
-    from vilg.train.shards import ShardGeneratorTrainer, load_split
-    from vilg.train.trainer import TrainConfig
+    from vilg.app.data.text_tokenizer import TextTokenizer
+    from vilg.app.model.transformer import GPTConfig, UnifiedTransformer
+    from vilg.app.train.shards import ShardGeneratorTrainer, load_split
+    from vilg.app.train.trainer import TrainConfig
 
     tok = TextTokenizer.load(run / "tokenizer.json")
     info = json.loads((shards / "prepared.json").read_text())

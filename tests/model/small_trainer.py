@@ -2,10 +2,10 @@
 
 import torch
 
-from vilg.model.transformer import GPTConfig, UnifiedTransformer
-from vilg.model.vqgan import VQGAN
-from vilg.train.stages import EndToEndTrainer, GeneratorTrainer, encode_pool
-from vilg.train.trainer import TrainConfig
+from vilg.app.model.transformer import GPTConfig, UnifiedTransformer
+from vilg.app.model.vqgan import VQGAN
+from vilg.app.train.stages import EndToEndTrainer, GeneratorTrainer, encode_pool
+from vilg.app.train.trainer import TrainConfig
 
 
 def make_small_data(tok_path=None):
@@ -14,10 +14,10 @@ def make_small_data(tok_path=None):
     differ): processes that must agree share one through `tok_path` (trained if missing)."""
     from pathlib import Path
 
-    from vilg.data.pool import shapes_pool
-    from vilg.data.shapes import all_corpus_text
-    from vilg.data.text_tokenizer import TextTokenizer
-    from vilg.model.vqgan import VQConfig
+    from vilg.app.data.pool import shapes_pool
+    from vilg.app.data.shapes import all_corpus_text
+    from vilg.app.data.text_tokenizer import TextTokenizer
+    from vilg.app.model.vqgan import VQConfig
 
     torch.manual_seed(0)
     train = shapes_pool("train", 64, 0, 48)

@@ -7,13 +7,13 @@ import time
 import torch
 import torch.multiprocessing as mp
 
-from vilg.train.distributed import free_port, local_rank_env
+from vilg.app.train.distributed import free_port, local_rank_env
 
 
 def _entry(rank, fn, world, port, mode, args):
     local_rank_env(rank, world, port)
     torch.set_num_threads(1)
-    from vilg.train import distributed as D
+    from vilg.app.train import distributed as D
 
     info = D.init(mode, timeout_min=3)
     try:

@@ -4,7 +4,15 @@ function of the same weights (logits and gradients) in every direction, padded t
 import pytest
 import torch
 
-from vilg.model.transformer import DIRS, I2T, T2I, VQA, GPTConfig, UnifiedTransformer, dense_mask
+from vilg.app.model.transformer import (
+    DIRS,
+    I2T,
+    T2I,
+    VQA,
+    GPTConfig,
+    UnifiedTransformer,
+    dense_mask,
+)
 
 T, A, GRID = 37, 6, (8, 8)
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 from small_trainer import gen_trainer
 
-from vilg.model.vqgan import VQGAN, VQConfig
-from vilg.train import checkpoint as ckpt
-from vilg.train.stages import VQTrainer
-from vilg.train.trainer import TrainConfig
+from vilg.app.model.vqgan import VQGAN, VQConfig
+from vilg.app.train import checkpoint as ckpt
+from vilg.app.train.stages import VQTrainer
+from vilg.app.train.trainer import TrainConfig
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from vilg.data.shapes import Obj, render, sample_scene
-from vilg.eval.detector import detect, detections_to_scene, score
+from vilg.app.data.shapes import Obj, render, sample_scene
+from vilg.app.eval.detector import detect, detections_to_scene, score
 
 
 @pytest.mark.parametrize("side", [64, 48, 27, 36, 96])

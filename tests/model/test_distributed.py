@@ -17,9 +17,9 @@ from dist_workers import TRAIN, train_generator
 from small_trainer import gen_trainer, make_small_data
 from spawn_ranks import run_ranks
 
-from vilg.cli import main
-from vilg.train import checkpoint as ckpt
-from vilg.train import distributed as D
+from vilg.app.cli import main
+from vilg.app.train import checkpoint as ckpt
+from vilg.app.train import distributed as D
 
 TOL = 1e-5
 
@@ -71,7 +71,7 @@ def test_distributed_training_needs_a_launcher(monkeypatch, capsys, tmp_path):
         with pytest.raises(ValueError, match="needs CUDA"):
             D.init("fsdp", cpu_offload=True)
     # a stage whose loss is not split into rank shares would be counted world times over
-    from vilg.train.trainer import TrainConfig, Trainer
+    from vilg.app.train.trainer import TrainConfig, Trainer
 
     with pytest.raises(ValueError, match="trains in one process"):
         Trainer(torch.nn.Linear(2, 2), TrainConfig(), tmp_path, dist=D.DistInfo("ddp", 0, 2, 0))
@@ -158,7 +158,7 @@ def test_torchrun_trains_a_tiny_run_with_fsdp(tmp_path):
     import subprocess
     import sys
 
-    from vilg.train.distributed import free_port
+    from vilg.app.train.distributed import free_port
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",

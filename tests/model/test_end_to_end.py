@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from vilg.generate import Pipeline
-from vilg.train.checkpoint import CheckpointError
-from vilg.train.presets import get_preset
-from vilg.train.run import train_config, train_run
+from vilg.app.generate import Pipeline
+from vilg.app.train.checkpoint import CheckpointError
+from vilg.app.train.presets import get_preset
+from vilg.app.train.run import train_config, train_run
 
 
 def test_end_to_end_stage_trains_and_generates(tmp_path):
@@ -30,8 +30,8 @@ def test_end_to_end_stage_trains_and_generates(tmp_path):
 
 
 def test_end_to_end_reconstruction_gradient_reaches_generator():
-    from vilg.model.transformer import GPTConfig, UnifiedTransformer
-    from vilg.model.vqgan import VQGAN, VQConfig
+    from vilg.app.model.transformer import GPTConfig, UnifiedTransformer
+    from vilg.app.model.vqgan import VQGAN, VQConfig
 
     torch.manual_seed(0)
     vq = VQGAN(VQConfig(image_size=48, patch=16, channels=(16,), codebook_size=8, code_dim=4))

@@ -4,8 +4,8 @@ exactly on the 1-object scenes."""
 import numpy as np
 import torch
 
-from vilg.data import shapes
-from vilg.eval.evaluate import eval_captions, eval_vqa
+from vilg.app.data import shapes
+from vilg.app.eval.evaluate import eval_captions, eval_vqa
 
 
 class RightOnSingleObjects:

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vilg.cli import main
-from vilg.data.shapes import render, sample_scene
-from vilg.data.text_tokenizer import PromptError
-from vilg.generate import Pipeline
+from vilg.app.cli import main
+from vilg.app.data.shapes import render, sample_scene
+from vilg.app.data.text_tokenizer import PromptError
+from vilg.app.generate import Pipeline
 
 PROMPT = "a large red circle at the top left"
 
@@ -138,7 +138,7 @@ def test_eval_writes_json(tiny_run, tmp_path):
 def test_threads_default_to_every_usable_core():
     import os
 
-    from vilg.cli import _threads
+    from vilg.app.cli import _threads
 
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("Linux only")
@@ -151,7 +151,7 @@ def test_threads_default_to_every_usable_core():
 def test_demo_evaluates_and_writes_the_gallery(tiny_run, tmp_path):
     import shutil
 
-    from vilg.demo import run_demo
+    from vilg.app.demo import run_demo
 
     out = tmp_path / "demo"
     shutil.copytree(tiny_run, out)  # trained stages are reused, as on a re-run

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from reference import attention, rel_err, spec_mask
 
-from vilg.model.transformer import I2T, T2I, VQA, GPTConfig, UnifiedTransformer
-from vilg.model.vqgan import VQGAN, VQConfig
+from vilg.app.model.transformer import I2T, T2I, VQA, GPTConfig, UnifiedTransformer
+from vilg.app.model.vqgan import VQGAN, VQConfig
 
 TEXT_VOCAB, CODES, TEXT_LEN = 53, 40, 80
 # (grid, text length): the paper's grid with 37 text tokens (L = 1061, 17 tiles of 64), an odd
@@ -210,9 +210,9 @@ _TOK = {}
 def _pipeline(image_size):
     """An untrained tiny generator behind a VQGAN with the paper's f = 8 (a 2x2 stem, then two
     halvings of a conv trunk): 256 px gives the 32x32 grid."""
-    from vilg.data.shapes import all_corpus_text
-    from vilg.data.text_tokenizer import TextTokenizer
-    from vilg.generate import Pipeline
+    from vilg.app.data.shapes import all_corpus_text
+    from vilg.app.data.text_tokenizer import TextTokenizer
+    from vilg.app.generate import Pipeline
 
     if "tok" not in _TOK:
         _TOK["tok"] = TextTokenizer.train(all_corpus_text(0, 100), vocab_size=300)
@@ -255,9 +255,9 @@ def test_pipeline_generates_at_32x32():
 
 @pytest.mark.slow  # ~1 min: every stage of the preset for a few steps, then a caption
 def test_grid32_small_preset_trains_end_to_end(tmp_path):
-    from vilg.generate import Pipeline
-    from vilg.train.presets import get_preset
-    from vilg.train.run import train_run
+    from vilg.app.generate import Pipeline
+    from vilg.app.train.presets import get_preset
+    from vilg.app.train.run import train_run
 
     short = ["data.train_size=40", "data.val_size=8", "vq.train.steps=3"]
     short += ["matcher.train.steps=2", "generator.train.steps=3"]

@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from vilg.data.shapes import caption, sample_scene
-from vilg.model.matcher import Matcher, MatcherConfig
-from vilg.train.stages import perturb_caption
+from vilg.app.data.shapes import caption, sample_scene
+from vilg.app.model.matcher import Matcher, MatcherConfig
+from vilg.app.train.stages import perturb_caption
 
 
 def test_hard_negatives_change_exactly_one_attribute():

@@ -1,6 +1,6 @@
 import math
 
-from vilg.eval.metrics import bleu4, cider_d, tokenize
+from vilg.app.eval.metrics import bleu4, cider_d, tokenize
 
 
 def test_tokenize_mixes_cjk_and_words():

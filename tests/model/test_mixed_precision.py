@@ -6,7 +6,7 @@ import pytest
 import torch
 from small_trainer import gen_trainer
 
-from vilg.train.trainer import TrainConfig, resolve_precision
+from vilg.app.train.trainer import TrainConfig, resolve_precision
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -7,10 +7,10 @@ import torch
 from reference import spec_mask
 from torch.utils.flop_counter import FlopCounterMode
 
-from vilg import plan as P
-from vilg.cli import main
-from vilg.model.transformer import DIRS, I2T, T2I, VQA, GPTConfig, UnifiedTransformer
-from vilg.train.presets import get_preset
+from vilg.app import plan as P
+from vilg.app.cli import main
+from vilg.app.model.transformer import DIRS, I2T, T2I, VQA, GPTConfig, UnifiedTransformer
+from vilg.app.train.presets import get_preset
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from vilg.model.vqgan import VQConfig
-from vilg.train.presets import PRESETS, get_preset
+from vilg.app.model.vqgan import VQConfig
+from vilg.app.train.presets import PRESETS, get_preset
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -15,7 +15,7 @@ def test_presets_resolve(name):
     cfg = VQConfig(image_size=p["data"]["image_size"], **p["vq"]["model"])
     assert cfg.grid[0] * cfg.f == p["data"]["image_size"]
     if name != "real":  # user images; every other preset can train on the shapes scenes
-        from vilg.data.shapes import random_scene, render
+        from vilg.app.data.shapes import random_scene, render
 
         side = p["data"]["image_size"]  # 32x32 grids (128, 256 px) put cells off the pixel grid
         assert render(random_scene(np.random.default_rng(0)), side).shape == (side, side, 3)
@@ -33,8 +33,8 @@ def test_shapes16_grid_spans_several_tiles():
 
 
 def test_shapes16_trains_and_generates_at_reduced_size(tmp_path):
-    from vilg.generate import Pipeline
-    from vilg.train.run import train_run
+    from vilg.app.generate import Pipeline
+    from vilg.app.train.run import train_run
 
     p = get_preset(
         "shapes16",

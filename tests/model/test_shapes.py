@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from vilg.data import shapes
-from vilg.data.shapes import Obj, ShapesDataset, caption, render, sample_scene, scene_split
+from vilg.app.data import shapes
+from vilg.app.data.shapes import Obj, ShapesDataset, caption, render, sample_scene, scene_split
 
 
 def test_spec_caption_examples():
@@ -70,8 +70,8 @@ def test_count_probs_reweight_training_scenes_but_never_cross_splits():
 
 
 def test_run_pools_lean_on_many_object_scenes_for_training_only():
-    from vilg.train.presets import get_preset
-    from vilg.train.run import build_pools
+    from vilg.app.train.presets import get_preset
+    from vilg.app.train.run import build_pools
 
     p = get_preset("tiny", ["data.train_size=60", "data.val_size=60"])
     p["data"]["train_count_probs"] = [0, 0, 1]

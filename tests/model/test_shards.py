@@ -11,10 +11,10 @@ from dist_workers import shard_trainer, train_from_shards
 from PIL import Image
 from spawn_ranks import run_ranks
 
-from vilg.cli import main
-from vilg.data import stream as S
-from vilg.train import checkpoint as ckpt
-from vilg.train.shards import load_image_tokenizer, load_split
+from vilg.app.cli import main
+from vilg.app.data import stream as S
+from vilg.app.train import checkpoint as ckpt
+from vilg.app.train.shards import load_image_tokenizer, load_split
 
 
 def _png(i):
@@ -64,7 +64,7 @@ def test_prepare_writes_codes_and_counts_corrupt_samples(prepared, capsys):
     x = items[0]["sample"]
     i = int(x["text"].split()[-1])
     img = np.asarray(Image.open(io.BytesIO(_png(i))).convert("RGB"))
-    from vilg.data.user import preprocess
+    from vilg.app.data.user import preprocess
 
     want = vq.encode(
         torch.from_numpy(np.array(preprocess(Image.fromarray(img), vq.cfg.image_size)[None]))

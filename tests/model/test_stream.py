@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from vilg.data import stream as S
+from vilg.app.data import stream as S
 
 N = 30  # 3 shards of 10
 

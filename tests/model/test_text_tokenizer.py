@@ -1,7 +1,7 @@
 import pytest
 
-from vilg.data.shapes import all_corpus_text
-from vilg.data.text_tokenizer import PromptError, TextTokenizer
+from vilg.app.data.shapes import all_corpus_text
+from vilg.app.data.text_tokenizer import PromptError, TextTokenizer
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vilg.model.transformer import I2T, T2I, VQA, GPTConfig, UnifiedTransformer
+from vilg.app.model.transformer import I2T, T2I, VQA, GPTConfig, UnifiedTransformer
 
 
 @pytest.fixture

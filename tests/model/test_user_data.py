@@ -5,7 +5,7 @@ import tarfile
 import numpy as np
 from PIL import Image
 
-from vilg.data.user import user_pool
+from vilg.app.data.user import user_pool
 
 
 def _png(color):
@@ -51,9 +51,9 @@ def test_tar_shards_stream_and_skip(tmp_path):
 
 
 def test_training_run_on_a_user_folder(tmp_path, capsys):
-    from vilg.generate import Pipeline
-    from vilg.train.presets import get_preset
-    from vilg.train.run import train_run
+    from vilg.app.generate import Pipeline
+    from vilg.app.train.presets import get_preset
+    from vilg.app.train.run import train_run
 
     data = tmp_path / "data"
     data.mkdir()
@@ -71,7 +71,7 @@ def test_training_run_on_a_user_folder(tmp_path, capsys):
     assert out["images"].shape[:2] == (1, 2)
     assert isinstance(pipe.caption(out["images"][0], lang="raw")[0], str)
     # the shapes detector cannot score it: a clear refusal, not a confusing vocabulary error
-    from vilg.cli import main
+    from vilg.app.cli import main
 
     assert main(["eval", "--run", str(tmp_path / "run")]) == 2
     assert "trained on user data" in capsys.readouterr().err

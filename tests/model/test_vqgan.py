@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vilg.model.vqgan import VQGAN, VQConfig, code_stats
+from vilg.app.model.vqgan import VQGAN, VQConfig, code_stats
 
 
 def _model(**kw):
@@ -74,7 +74,7 @@ def test_keep_used_restricts_inference_to_the_used_codes():
 
 
 def test_tokenizer_checkpoint_without_live_codes_loads_with_all_live(tmp_path):
-    from vilg.train import checkpoint as ckpt
+    from vilg.app.train import checkpoint as ckpt
 
     m = _model()
     m.quantizer.live[3] = False
@@ -92,9 +92,9 @@ def test_tokenizer_checkpoint_without_live_codes_loads_with_all_live(tmp_path):
 def test_trained_tokenizer_keeps_exactly_the_codes_of_its_training_images(tiny_run):
     import numpy as np
 
-    from vilg.data.pool import shapes_pool
-    from vilg.generate import load_model
-    from vilg.train.presets import get_preset
+    from vilg.app.data.pool import shapes_pool
+    from vilg.app.generate import load_model
+    from vilg.app.train.presets import get_preset
 
     m = load_model(tiny_run / "tokenizer", "vqgan").eval()
     d = get_preset("tiny")["data"]

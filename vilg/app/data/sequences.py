@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from vilg.data.text_tokenizer import TextTokenizer
+from vilg.app.data.text_tokenizer import TextTokenizer
 
 
 def pad(seqs: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:

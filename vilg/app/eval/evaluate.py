@@ -14,12 +14,12 @@ import time
 import numpy as np
 import torch
 
-from vilg.data import shapes
-from vilg.data.pool import shapes_pool
-from vilg.eval import metrics
-from vilg.eval.detector import score
-from vilg.generate import Pipeline, to_uint8
-from vilg.model.vqgan import code_stats, psnr
+from vilg.app.data import shapes
+from vilg.app.data.pool import shapes_pool
+from vilg.app.eval import metrics
+from vilg.app.eval.detector import score
+from vilg.app.generate import Pipeline, to_uint8
+from vilg.app.model.vqgan import code_stats, psnr
 
 ATTRS = ("shape", "color", "size", "cell")
 

@@ -1,7 +1,7 @@
 """Sizing a preset before training it: parameters, FLOPs, activation and per-GPU memory.
 
 `plan(preset, gpus)` builds the preset's generator and image tokenizer on the meta device
-(shapes only, no memory, no data) exactly as `vilg train` would (vilg.train.run) and returns a
+(shapes only, no memory, no data) exactly as `vilg train` would (vilg.app.train.run) and returns a
 plain dict; `vilg plan` prints it. Every figure is an analytic estimate under the conventions
 below, not a measurement.
 
@@ -32,7 +32,7 @@ bf16 under FSDP's bf16 parameters), and its backward recomputes one block at a t
 A training image runs its streams (text2image, captions, VQA rows in the preset's task mix)
 as separate forwards before one backward, so their activations add up.
 
-Memory per GPU under FSDP2 full sharding (vilg.train.distributed: fp32 sharded parameters,
+Memory per GPU under FSDP2 full sharding (vilg.app.train.distributed: fp32 sharded parameters,
 bf16 compute, fp32 gradient reduction): parameters, gradients and Adam's two moments, all fp32,
 16 bytes per parameter / N; plus the working set of bf16 copies of the root unit (embeddings,
 ln_f, heads) and two blocks (current + prefetched), and one unit's unsharded gradient in bf16
@@ -46,17 +46,17 @@ import math
 
 import torch
 
+from vilg.app.model.transformer import DIRS, I2T, T2I, VQA, GPTConfig, UnifiedTransformer
+from vilg.app.model.vqgan import VQGAN
+from vilg.app.train.run import generator_config, vq_config
 from vilg.layouts import ernie_vilg
-from vilg.model.transformer import DIRS, I2T, T2I, VQA, GPTConfig, UnifiedTransformer
-from vilg.model.vqgan import VQGAN
 from vilg.profile.measure import ATTN_FLOPS_PER_ENTRY, DATASHEET, attention_entries
-from vilg.train.run import generator_config, vq_config
 
 GIB = 1024**3
 # the GeneratorTrainer's default task mix: rows per stream per image of the batch
 DEFAULT_FRACS = {"t2i_frac": 1.0, "cap_frac": 0.5, "vqa_frac": 0.5}
 STREAM_OF = {T2I: "t2i_frac", I2T: "cap_frac", VQA: "vqa_frac"}
-# vilg.train.run picks 1000 for the built-in data when a preset does not say; the demo's
+# vilg.app.train.run picks 1000 for the built-in data when a preset does not say; the demo's
 # captions fit in 48 tokens (GPTConfig's default)
 DEFAULT_TEXT_VOCAB, DEFAULT_TEXT_LEN = 1000, 48
 
@@ -373,7 +373,7 @@ def format_plan(p: dict) -> str:
         f"  per training image ({mix}): train {_n(i['train_flops'])}, dense masked "
         f"{_n(i['train_flops_dense_masked'])}",
         "",
-        "activations per sequence (bf16 autocast; see vilg/plan.py for what is counted)",
+        "activations per sequence (bf16 autocast; see vilg/app/plan.py for what is counted)",
     ]
     for d, f in p["directions"].items():
         a = f["activations_bytes"]

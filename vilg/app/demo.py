@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from vilg.data import shapes
-from vilg.data.pool import shapes_pool
-from vilg.eval.detector import score
-from vilg.eval.evaluate import evaluate
-from vilg.generate import Pipeline, save_grid, to_uint8
-from vilg.train import checkpoint as ckpt
-from vilg.train.presets import get_preset
-from vilg.train.run import train_run
+from vilg.app.data import shapes
+from vilg.app.data.pool import shapes_pool
+from vilg.app.eval.detector import score
+from vilg.app.eval.evaluate import evaluate
+from vilg.app.generate import Pipeline, save_grid, to_uint8
+from vilg.app.train import checkpoint as ckpt
+from vilg.app.train.presets import get_preset
+from vilg.app.train.run import train_run
 
 GALLERY_PROMPTS = 6
 

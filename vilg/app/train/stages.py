@@ -12,17 +12,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vilg import checkpoint as ckpt
-from vilg.data import shapes
-from vilg.data.pool import Pool
-from vilg.data.sequences import i2t_batch, pad, t2i_batch, vqa_batch
-from vilg.data.text_tokenizer import TextTokenizer
-from vilg.images import save_grid
-from vilg.model.matcher import Matcher
-from vilg.model.transformer import I2T, T2I, VQA, UnifiedTransformer
-from vilg.model.vqgan import VQGAN, code_stats, psnr
-from vilg.train import distributed as D
-from vilg.train.trainer import TrainConfig, Trainer
+from vilg.app import checkpoint as ckpt
+from vilg.app.data import shapes
+from vilg.app.data.pool import Pool
+from vilg.app.data.sequences import i2t_batch, pad, t2i_batch, vqa_batch
+from vilg.app.data.text_tokenizer import TextTokenizer
+from vilg.app.images import save_grid
+from vilg.app.model.matcher import Matcher
+from vilg.app.model.transformer import I2T, T2I, VQA, UnifiedTransformer
+from vilg.app.model.vqgan import VQGAN, code_stats, psnr
+from vilg.app.train import distributed as D
+from vilg.app.train.trainer import TrainConfig, Trainer
 
 
 def _indices(seed: int, step: int, micro: int, n: int, b: int) -> tuple[np.ndarray, object]:

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from vilg.data.shapes import RGB, Obj, Scene, cell_center, shape_mask
+from vilg.app.data.shapes import RGB, Obj, Scene, cell_center, shape_mask
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ the codes next to the captions (and, for shapes, the scene, so VQA questions can
   OUT/prepared.json                run, source, token grid, counts of kept / skipped samples
 
 `ShardGeneratorTrainer` then trains the generator on codes, not pixels, streaming the train
-shards (vilg/data/stream.py): each rank reads its share of every global batch, and the
+shards (vilg/app/data/stream.py): each rank reads its share of every global batch, and the
 checkpoint stores the stream position, so a killed run resumes on the next unseen sample.
 """
 
@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vilg import checkpoint as ckpt
-from vilg.data import shapes
-from vilg.data import stream as S
-from vilg.data.pool import Pool
-from vilg.data.text_tokenizer import TextTokenizer
-from vilg.model.vqgan import VQGAN, VQConfig
-from vilg.train import distributed as D
-from vilg.train.stages import GeneratorTrainer
+from vilg.app import checkpoint as ckpt
+from vilg.app.data import shapes
+from vilg.app.data import stream as S
+from vilg.app.data.pool import Pool
+from vilg.app.data.text_tokenizer import TextTokenizer
+from vilg.app.model.vqgan import VQGAN, VQConfig
+from vilg.app.train import distributed as D
+from vilg.app.train.stages import GeneratorTrainer
 
 MARKER = "prepared.json"
 
@@ -59,7 +59,7 @@ def _source_samples(preset: dict, data: str | None, seed: int, workers: int):
     size = preset["data"]["image_size"]
     stats: Counter = Counter()
     if data is None:  # the built-in shapes scenes: the same splits as `vilg train`
-        from vilg.train.run import build_pools
+        from vilg.app.train.run import build_pools
 
         train, val = build_pools(preset, None, seed)
 
@@ -74,7 +74,7 @@ def _source_samples(preset: dict, data: str | None, seed: int, workers: int):
 
     def gen():
         if Path(data).is_dir():
-            from vilg.data.user import iter_folder
+            from vilg.app.data.user import iter_folder
 
             it = ((img, text) for img, text in iter_folder(data, size, stats))
         else:
@@ -294,8 +294,8 @@ def train_from_prepared(
     """The generator stage of run `out`, from shards `vilg prepare` made with its tokenizer."""
     import time
 
-    from vilg.model.transformer import GPTConfig, UnifiedTransformer
-    from vilg.train.run import train_config
+    from vilg.app.model.transformer import GPTConfig, UnifiedTransformer
+    from vilg.app.train.run import train_config
 
     out, data = Path(out), Path(data)
     info = ckpt.load_json(data / MARKER)

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vilg import checkpoint as ckpt
 from vilg import ops
-from vilg.data.sequences import pad
-from vilg.data.text_tokenizer import PromptError, TextTokenizer
-from vilg.data.user import preprocess
-from vilg.images import save_grid, to_uint8  # noqa: F401 -- callers import them from here
-from vilg.model.matcher import Matcher, MatcherConfig
-from vilg.model.stepper import Stepper
-from vilg.model.transformer import I2T, T2I, VQA, GPTConfig, UnifiedTransformer
-from vilg.model.vqgan import VQGAN, VQConfig
+from vilg.app import checkpoint as ckpt
+from vilg.app.data.sequences import pad
+from vilg.app.data.text_tokenizer import PromptError, TextTokenizer
+from vilg.app.data.user import preprocess
+from vilg.app.images import save_grid, to_uint8  # noqa: F401 -- callers import them from here
+from vilg.app.model.matcher import Matcher, MatcherConfig
+from vilg.app.model.stepper import Stepper
+from vilg.app.model.transformer import I2T, T2I, VQA, GPTConfig, UnifiedTransformer
+from vilg.app.model.vqgan import VQGAN, VQConfig
 
 
 def _cfg(d: dict, cls):
@@ -132,7 +132,7 @@ class Pipeline:
     ) -> dict:
         """Returns images [P, n, 3, S, S] (reranked best-first when a matcher exists),
         codes [P, n, H*W] and matcher scores [P, n]. step_mode: how each decoding step runs
-        (vilg.model.stepper: "auto" = a CUDA graph on a GPU, eager on the CPU; "compile")."""
+        (vilg.app.model.stepper: "auto" = a CUDA graph on a GPU, eager on the CPU; "compile")."""
         ids = [self.encode_prompt(p) for p in prompts]
         P, dev, m = len(prompts), self.device, self.gen
         rows = [[self.tok.bos_id] + i for i in ids for _ in range(n)]

@@ -177,7 +177,7 @@ def decode_codes(s: dict) -> dict:
 
 def decode_image(s: dict, size: int) -> dict:
     """A raw sample: its image decoded, resized and centre-cropped to `size`, and caption."""
-    from vilg.data.user import IMAGE_EXTS, _decode
+    from vilg.app.data.user import IMAGE_EXTS, _decode
 
     ext = next((e for e in s if "." + e in IMAGE_EXTS), None)
     if ext is None:

@@ -7,7 +7,7 @@ and atomic checkpoints that resume exactly: model, optimizer, LR step, torch / n
 RNG states and the data position (batches are a pure function of (seed, step), so the step
 is the data position).
 
-Under `torchrun` (`dist` set, see vilg/train/distributed.py) the same loop runs data-parallel
+Under `torchrun` (`dist` set, see vilg/app/train/distributed.py) the same loop runs data-parallel
 with DDP or FSDP2: each rank computes its rows of the global batch, checkpoints are sharded
 `torch.distributed.checkpoint` directories that load on any number of processes, and the
 torch RNG is re-seeded every step from (seed, step, rank) so that it needs no saved state.
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vilg import checkpoint as ckpt
-from vilg.train import distributed as D
+from vilg.app import checkpoint as ckpt
+from vilg.app.train import distributed as D
 
 
 @dataclass

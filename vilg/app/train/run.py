@@ -20,23 +20,23 @@ from pathlib import Path
 
 import torch
 
-from vilg import checkpoint as ckpt
-from vilg.data import shapes
-from vilg.data.pool import Pool, shapes_pool
-from vilg.data.text_tokenizer import TextTokenizer
-from vilg.data.user import user_pool
-from vilg.model.matcher import Matcher, MatcherConfig
-from vilg.model.transformer import GPTConfig, UnifiedTransformer
-from vilg.model.vqgan import VQGAN, VQConfig
-from vilg.train import distributed as D
-from vilg.train.stages import (
+from vilg.app import checkpoint as ckpt
+from vilg.app.data import shapes
+from vilg.app.data.pool import Pool, shapes_pool
+from vilg.app.data.text_tokenizer import TextTokenizer
+from vilg.app.data.user import user_pool
+from vilg.app.model.matcher import Matcher, MatcherConfig
+from vilg.app.model.transformer import GPTConfig, UnifiedTransformer
+from vilg.app.model.vqgan import VQGAN, VQConfig
+from vilg.app.train import distributed as D
+from vilg.app.train.stages import (
     EndToEndTrainer,
     GeneratorTrainer,
     MatcherTrainer,
     VQTrainer,
     encode_pool,
 )
-from vilg.train.trainer import TrainConfig
+from vilg.app.train.trainer import TrainConfig
 
 STAGES = ("vq", "matcher", "generator", "end2end")
 
@@ -125,7 +125,7 @@ def train_run(
     for s in stages:
         if s not in STAGES:
             raise ValueError(f"unknown stage {s!r}; expected some of {STAGES}")
-    from vilg.train.shards import is_prepared, train_from_prepared
+    from vilg.app.train.shards import is_prepared, train_from_prepared
 
     if is_prepared(data):  # codes prepared by `vilg prepare`: the generator stage streams them
         if set(stages) - {"vq", "matcher", "generator"} or "generator" not in stages:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vilg.data import shapes
+from vilg.app.data import shapes
 
 
 @dataclass

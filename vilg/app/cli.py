@@ -12,7 +12,7 @@ from pathlib import Path
 DEFAULT_RUN = "runs/demo"
 _PRESET_HELP = (
     "tiny | demo | long | real | grid32-small | ernie-vilg-300m | ernie-vilg-10b "
-    "(vilg/train/presets.py)"
+    "(vilg/app/train/presets.py)"
 )
 
 
@@ -28,7 +28,7 @@ def _threads(n: int | None) -> None:
 
 
 def _pipeline(args):
-    from vilg.generate import Pipeline
+    from vilg.app.generate import Pipeline
 
     e2e = {"auto": None, "yes": True, "no": False}[args.end_to_end]
     return Pipeline.load(args.run, device=args.device, end_to_end=e2e)
@@ -42,21 +42,21 @@ def cmd_profile(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from vilg.demo import run_demo
+    from vilg.app.demo import run_demo
 
     run_demo(args.out, preset=args.preset, device=args.device, seed=args.seed)
     return 0
 
 
 def cmd_train(args) -> int:
-    from vilg.train.presets import get_preset
-    from vilg.train.run import train_run
+    from vilg.app.train.presets import get_preset
+    from vilg.app.train.run import train_run
 
     preset = get_preset(args.preset, args.set)
     stages = args.stages.split(",")
     dist = None
     if args.distributed:  # under torchrun: see README "Multi-GPU / multi-node"
-        from vilg.train import distributed
+        from vilg.app.train import distributed
 
         dist = distributed.init(args.distributed, cpu_offload=args.cpu_offload)
     elif args.cpu_offload:
@@ -80,7 +80,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from vilg.train.shards import prepare
+    from vilg.app.train.shards import prepare
 
     info = prepare(
         args.run,
@@ -96,7 +96,7 @@ def cmd_prepare(args) -> int:
 
 
 def _trained_on_shapes(run: str) -> bool:
-    from vilg.train import checkpoint as ckpt
+    from vilg.app.train import checkpoint as ckpt
 
     preset = Path(run) / "preset.json"
     return preset.exists() and ckpt.load_json(preset).get("data_source") is None
@@ -105,7 +105,7 @@ def _trained_on_shapes(run: str) -> bool:
 def _shapes_prompt(run: str, prompt: str):
     """For a run trained on the built-in shapes data: the prompt's scene, or a warning (None
     and a message) when the prompt does not follow the captions that model was trained on."""
-    from vilg.data import shapes
+    from vilg.app.data import shapes
 
     if not _trained_on_shapes(run):
         return None, None
@@ -125,7 +125,7 @@ def _shapes_prompt(run: str, prompt: str):
 
 
 def cmd_generate(args) -> int:
-    from vilg.generate import save_grid
+    from vilg.app.generate import save_grid
 
     pipe = _pipeline(args)
     scene, warning = _shapes_prompt(args.run, args.prompt)
@@ -145,7 +145,7 @@ def cmd_generate(args) -> int:
     o.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
-    from vilg.generate import to_uint8
+    from vilg.app.generate import to_uint8
 
     arr = to_uint8(out["images"][0])
     for k in range(args.n):
@@ -158,7 +158,7 @@ def cmd_generate(args) -> int:
         "reranked": pipe.matcher is not None,
     }
     if scene is not None:  # the detector can say which samples show the prompt
-        from vilg.eval.detector import score
+        from vilg.app.eval.detector import score
 
         res["detector_correct"] = [bool(score(a, scene)["correct"]) for a in arr]
     print(json.dumps(res, ensure_ascii=False))
@@ -181,8 +181,8 @@ def cmd_ask(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from vilg.eval.evaluate import evaluate
-    from vilg.train.checkpoint import atomic_write_json
+    from vilg.app.eval.evaluate import evaluate
+    from vilg.app.train.checkpoint import atomic_write_json
 
     if (Path(args.run) / "preset.json").exists() and not _trained_on_shapes(args.run):
         raise ValueError(
@@ -205,8 +205,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from vilg.plan import format_plan, plan
-    from vilg.train.presets import get_preset
+    from vilg.app.plan import format_plan, plan
+    from vilg.app.train.presets import get_preset
 
     p = plan(
         get_preset(args.preset, args.set),
@@ -387,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from vilg.data.text_tokenizer import PromptError
-    from vilg.train.checkpoint import CheckpointError
+    from vilg.app.data.text_tokenizer import PromptError
+    from vilg.app.train.checkpoint import CheckpointError
 
     try:
         _threads(args.threads)
