@@ -1,7 +1,7 @@
 """Attention layouts: which key each query may attend, in dense and block-sparse form.
 
 `ernie_vilg` builds the exact patterns of ERNIE-ViLG (row / column / conv over an image grid
-plus a text prefix, see shared/specs/attention-patterns.md), plus "vqa": image->text with the
+plus a text prefix, defined in docs/specification.md), plus "vqa": image->text with the
 question in the bidirectional source, [question | image | answer]. Any other pattern comes from a
 dense boolean mask or a FlexAttention-style ``mask_mod(q_idx, kv_idx)``.
 
