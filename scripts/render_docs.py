@@ -15,7 +15,8 @@ average that file recorded) and shows every run or round the file holds, not a c
 
 To add a table: write a function that returns Markdown, decorate it with `@table("name")`, and
 put the two comments where it belongs. `provenance()` writes the source line, `rows_table()`
-covers the usual `{"rows": [...]}` files of bench/ in one call.
+covers the usual `{"rows": [...]}` files of bench/ in one call. With no code at all,
+`<!-- render: file:NAME -->` renders every scalar column of bench/results/NAME.json's rows.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 BLOCK = re.compile(
-    r"(?P<open><!-- render: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(?P<close><!-- /render -->)",
+    r"(?P<open><!-- render: (?P<name>[\w.:-]+) -->\n)(?P<body>.*?)(?P<close><!-- /render -->)",
     re.S,
 )
 TABLES: dict[str, Callable[[], str]] = {}
@@ -726,12 +727,34 @@ def _headline() -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "–" if v is None else str(v).replace("|", "\\|")
+
+
+def whole_file(name: str) -> str:
+    """Every row of a standard results file, every scalar field a column, in the file's order."""
+    rows = load(name)["rows"]
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k, v in r.items() if k not in cols and not isinstance(v, (dict, list))]
+    body = md_table(cols, [[cell(r.get(k)) for k in cols] for r in rows])
+    return body + "\n\n" + provenance(name)
+
+
+def render_block(name: str, where: str = "<text>") -> str:
+    if name.startswith("file:"):
+        return whole_file(name[len("file:") :])
+    if name not in TABLES:
+        raise KeyError(f"{where}: no table named {name!r} (known: {', '.join(TABLES)})")
+    return TABLES[name]()
+
+
 def render_text(text: str, where: str = "<text>") -> str:
     def sub(m: re.Match) -> str:
-        name = m.group("name")
-        if name not in TABLES:
-            raise KeyError(f"{where}: no table named {name!r} (known: {', '.join(TABLES)})")
-        return m.group("open") + TABLES[name]().rstrip() + "\n" + m.group("close")
+        body = render_block(m.group("name"), where)
+        return m.group("open") + body.rstrip() + "\n" + m.group("close")
 
     return BLOCK.sub(sub, text)
 
