@@ -6,7 +6,7 @@ from `vilg.patterns`) and the `Layout` class they all return (`vilg.layout`).
 convolutional attention over an H x W grid of image tokens plus a text segment, in the
 text->image direction ([text | image], causal) or image->text ([image | text]); plus "vqa",
 image->text with the question in the bidirectional source, [question | image | answer].
-The docs' pattern pages state each mask exactly.
+docs/specification.md states each mask exactly.
 """
 
 from __future__ import annotations

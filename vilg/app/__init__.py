@@ -1,4 +1,6 @@
-"""The ERNIE-ViLG application built on vilg's kernels: the VQGAN image tokenizer, the unified
-text<->image transformer and its reranker (`model`), training (`train`), data (`data`),
-evaluation (`eval`), generation (`generate`), the demo, `vilg plan` and the `vilg` command
-(`cli`). The kernel library (`vilg.layouts`, `vilg.ops`, `vilg.nn`, ...) never imports it."""
+"""The ERNIE-ViLG application built on vilg's kernel library.
+
+Model (`vilg.app.model`), training (`vilg.app.train`), data (`vilg.app.data`), evaluation
+(`vilg.app.eval`), generation, the demo, `vilg plan` and the `vilg` command. The kernel library
+(`vilg.layouts`, `vilg.ops`, ...) never imports this package.
+"""

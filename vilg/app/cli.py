@@ -55,7 +55,7 @@ def cmd_train(args) -> int:
     preset = get_preset(args.preset, args.set)
     stages = args.stages.split(",")
     dist = None
-    if args.distributed:  # under torchrun: see README "Multi-GPU / multi-node"
+    if args.distributed:  # under torchrun: see docs/distributed.md
         from vilg.app.train import distributed
 
         dist = distributed.init(args.distributed, cpu_offload=args.cpu_offload)

@@ -55,7 +55,7 @@ def cuda_built() -> None:
     if not _has_cuda_kernels():
         raise RuntimeError(
             "got CUDA tensors, but this build of vilg has no CUDA kernels: reinstall with nvcc "
-            "on the PATH (see README, 'Building')"
+            "on the PATH (see the docs, 'Building from source and building wheels')"
         )
     _require_driver()
 
