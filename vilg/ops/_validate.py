@@ -68,11 +68,20 @@ def _require_driver() -> None:
     C().cuda_require_driver()
 
 
+def device_check(ok: torch.Tensor, message: str) -> None:
+    """Reject without a host sync: `ok` is a 0-dim bool tensor on the data's device. On the CPU
+    a False raises RuntimeError(message) at once; on CUDA it is a device-side assertion, so the
+    next synchronising CUDA call fails with "device-side assert triggered" (inside a captured
+    CUDA graph it fires when the graph replays). Traced by torch.compile (not a graph break)."""
+    torch._assert_async(ok, message)
+
+
 def text_lens(
     lens, batch: int, text_len: int, device: torch.device, name: str = "text_lens"
 ) -> torch.Tensor | None:
-    """int32 [batch] on `device`; values must lie in [0, text_len] (checked for CPU input;
-    CUDA-resident values are clamped by the kernels, to avoid a device sync per call)."""
+    """int32 [batch] on `device`; values must lie in [0, text_len]: eager CPU values raise
+    ValueError here, CUDA-resident values (and any under torch.compile) are checked by a
+    device-side assertion (no device sync per call; see `device_check`)."""
     if lens is None:
         return None
     if text_len == 0:
@@ -82,11 +91,12 @@ def text_lens(
         raise TypeError(f"{name} must hold integers, got {lens.dtype}")
     if lens.dim() != 1 or lens.shape[0] != batch:
         raise ValueError(f"{name} must have shape [{batch}], got {list(lens.shape)}")
-    # The value check reads the data: eager CPU only. Under torch.compile it would be a
-    # data-dependent branch (a graph break); the kernels clamp to [0, text_len] either way.
     if not lens.is_cuda and not torch.compiler.is_compiling():
         if ((lens < 0) | (lens > text_len)).any():
             raise ValueError(f"{name} values must lie in [0, {text_len}], got {lens.tolist()}")
+    else:  # reading the values would sync (or break the graph): assert on the device
+        ok = ((lens >= 0) & (lens <= text_len)).all()
+        device_check(ok, f"vilg: {name} values must lie in [0, {text_len}]")
     return lens.to(device=device, dtype=torch.int32).contiguous()
 
 
@@ -331,20 +341,23 @@ def sampling(logits, uncond, cfg_scale, temperature, top_k, top_p) -> tuple:
         raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    # data-dependent: eager CPU only (on a GPU it would sync every decoding step)
+    # data-dependent: eager CPU raises ValueError naming the rows; CUDA (where reading the
+    # logits back would sync every decoding step) and torch.compile assert on the device
     if not torch.compiler.is_compiling() and not logits.is_cuda:
         nan_rows(logits, uncond, cfg_scale)
+    else:
+        device_check(
+            ~all_nan_rows(logits, uncond, cfg_scale).any(),
+            "vilg: sample got a logits row that is all NaN (after classifier-free guidance, if "
+            "any): there is no distribution to sample from",
+        )
     return cfg_scale, temperature, top_k, top_p
 
 
 def nan_rows(logits: torch.Tensor, uncond: torch.Tensor | None, cfg_scale: float) -> None:
     """A row whose (guidance-mixed) logits are all NaN has no distribution to draw from: the
     kernel would return an arbitrary token, so refuse it and name the rows."""
-    mixed = logits.float()
-    if uncond is not None:
-        u = uncond.float()
-        mixed = u + cfg_scale * (mixed - u)
-    bad = torch.isnan(mixed).all(dim=1)
+    bad = all_nan_rows(logits, uncond, cfg_scale)
     if bad.any():
         rows = torch.nonzero(bad).flatten().tolist()
         shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
@@ -353,3 +366,12 @@ def nan_rows(logits: torch.Tensor, uncond: torch.Tensor | None, cfg_scale: float
             + (", after classifier-free guidance" if uncond is not None else "")
             + "): there is no distribution to sample from"
         )
+
+
+def all_nan_rows(logits: torch.Tensor, uncond: torch.Tensor | None, cfg_scale: float):
+    """bool [batch]: rows whose logits, mixed as the kernels mix them, are all NaN."""
+    mixed = logits.float()
+    if uncond is not None:
+        u = uncond.float()
+        mixed = u + cfg_scale * (mixed - u)
+    return torch.isnan(mixed).all(dim=1)

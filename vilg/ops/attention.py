@@ -196,8 +196,8 @@ def sparse_attention(
     text_lens [batch]: real lengths of the layout's text segment (its padded keys are masked).
     key_lens [batch]: keys at positions >= key_lens[b] are masked (padding, any layout; a
     permuted one runs as its `sequence_order()` twin, built once). At most one of the two.
-    Their values are checked on the eager CPU path only (under torch.compile the kernels clamp
-    them).
+    Their values must lie in [0, segment length]: eager CPU values raise ValueError, CUDA ones
+    (and any under torch.compile) fail a device-side assertion, with no device sync.
     Returns out [batch, heads, seq, head_dim] and, with return_lse, the float32 log-sum-exp
     [batch, heads, seq] (-inf for a query with no allowed key, whose output is 0).
     Works under torch.compile(fullgraph=True).

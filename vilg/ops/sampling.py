@@ -14,9 +14,9 @@ The algorithm (identical on CPU and CUDA, see csrc/cpu/sampling.h), for each row
 
 Equal (seed, offset) give equal tokens; advance `offset` every step. NaN logits count as -inf;
 a row that is all -inf is drawn uniformly, a row that is all NaN (after guidance) raises
-ValueError naming it on the CPU (on a GPU that check would read the logits back every step, a
-device sync that also forbids graph capture, so it is skipped there), and temperature < 0
-raises. Tokens whose weight rounds to 0
+ValueError naming it on the CPU; on a GPU (where reading the logits back would sync every step
+and forbid graph capture) it fails a device-side assertion instead, so the next synchronising
+CUDA call raises. temperature < 0 raises. Tokens whose weight rounds to 0
 (probability below ~2^-40 of the most likely one) are never drawn.
 """
 

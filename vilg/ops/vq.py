@@ -2,9 +2,12 @@
 
 CUDA index errors. The CUDA `vq_embed` and `vq_code_stats` do not synchronise to validate
 indices: an out-of-range index gives a zero row (embed) or is skipped (stats), and is recorded
-in a per-device error buffer. `vq_check_indices(device)` synchronises, raises ValueError if any
-call since the previous check met a bad index, and clears the record; `check=True` on either op
-does this right after the call. CPU calls always validate (cheaply) and raise immediately.
+in a per-device error buffer, which a device-side assertion right after the kernel checks: the
+next synchronising CUDA call fails with "device-side assert triggered" (no silent zero rows;
+inside a CUDA graph it fires at replay). `check=True` on either op instead synchronises and
+raises a ValueError that names the index, through `vq_check_indices(device)` (which raises if
+any call since the previous check met a bad index, and clears the record). CPU calls always
+validate (cheaply) and raise immediately.
 """
 
 from __future__ import annotations
@@ -94,25 +97,31 @@ def vq_quantize(x, codebook, *, fast_fp32: bool = False) -> torch.Tensor:
 
 # ---- embed ----------------------------------------------------------------------------------
 @torch.library.custom_op("vilg::vq_embed", mutates_args=())
-def _embed(indices: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+def _embed(indices: torch.Tensor, codebook: torch.Tensor, device_assert: bool) -> torch.Tensor:
     out = codebook.new_empty(indices.shape[0], codebook.shape[1])
-    C().vq_embed(
-        ref(indices),
-        ref(codebook),
-        ref(out),
-        ref(_err_buffer(codebook.device)),
-        stream_of(codebook),
-    )
+    err = _err_buffer(codebook.device)
+    C().vq_embed(ref(indices), ref(codebook), ref(out), ref(err), stream_of(codebook))
+    if device_assert:
+        _assert_no_bad_index(err)
     return out
 
 
 @_embed.register_fake
-def _(indices, codebook):
+def _(indices, codebook, device_assert):
     return codebook.new_empty(indices.shape[0], codebook.shape[1])
 
 
+def _assert_no_bad_index(err: torch.Tensor | None) -> None:
+    """CUDA: a device-side assertion on the error record (no sync); the CPU raised already."""
+    if err is not None:
+        _validate.device_check(
+            err[0] == 0, "vilg: a code index was out of range in a CUDA VQ call (vq_embed / "
+            "vq_code_stats); pass check=True for a ValueError naming it"
+        )
+
+
 def _embed_setup(ctx, inputs, output):
-    indices, codebook = inputs
+    indices, codebook, _ = inputs
     ctx.save_for_backward(indices)
     ctx.num_codes = codebook.shape[0]
     ctx.dtype = codebook.dtype
@@ -122,7 +131,7 @@ def _embed_backward(ctx, grad):
     (indices,) = ctx.saved_tensors
     g = grad.new_zeros(ctx.num_codes, grad.shape[1], dtype=torch.float32)
     g.index_add_(0, indices.long(), grad.float())
-    return None, g.to(ctx.dtype)
+    return None, g.to(ctx.dtype), None
 
 
 _embed.register_autograd(_embed_backward, setup_context=_embed_setup)
@@ -140,11 +149,12 @@ def vq_embed(indices, codebook, *, check: bool = False) -> torch.Tensor:
     """codebook[indices]: [..., dim] in the codebook's dtype (differentiable w.r.t. codebook).
 
     indices: any integer tensor on the codebook's device. Out-of-range indices raise
-    ValueError on the CPU; on CUDA see the module docstring (`check=True` synchronises and
-    raises right away).
+    ValueError on the CPU; on CUDA they fail a device-side assertion, or with `check=True` a
+    ValueError right away (synchronising; see the module docstring).
     """
     _validate.vq_embed(indices, codebook)
-    out = _embed(_flat_indices(indices), codebook).reshape(*indices.shape, codebook.shape[1])
+    flat = _flat_indices(indices)
+    out = _embed(flat, codebook, not check).reshape(*indices.shape, codebook.shape[1])
     if check:
         vq_check_indices(codebook.device)
     return out
@@ -153,7 +163,7 @@ def vq_embed(indices, codebook, *, check: bool = False) -> torch.Tensor:
 # ---- code statistics ------------------------------------------------------------------------
 @torch.library.custom_op("vilg::vq_code_stats", mutates_args=())
 def _code_stats(
-    indices: torch.Tensor, x: torch.Tensor, num_codes: int
+    indices: torch.Tensor, x: torch.Tensor, num_codes: int, device_assert: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     n, d = x.shape
     counts = torch.empty(num_codes, dtype=torch.float32, device=x.device)
@@ -161,20 +171,15 @@ def _code_stats(
     ws = None
     if not x.is_cuda:
         ws = torch.empty(n + num_codes + 1, dtype=torch.int32)
-    C().vq_code_stats(
-        ref(indices),
-        ref(x),
-        ref(counts),
-        ref(sums),
-        ref(ws),
-        ref(_err_buffer(x.device)),
-        stream_of(x),
-    )
+    err = _err_buffer(x.device)
+    C().vq_code_stats(ref(indices), ref(x), ref(counts), ref(sums), ref(ws), ref(err), stream_of(x))
+    if device_assert:
+        _assert_no_bad_index(err)
     return counts, sums
 
 
 @_code_stats.register_fake
-def _(indices, x, num_codes):
+def _(indices, x, num_codes, device_assert):
     return (
         x.new_empty(num_codes, dtype=torch.float32),
         x.new_empty(num_codes, x.shape[1], dtype=torch.float32),
@@ -193,7 +198,7 @@ def vq_code_stats(indices, x, num_codes: int, *, check: bool = False):
     """
     num_codes = _validate.vq_code_stats(indices, x, num_codes)
     flat_x = x.reshape(-1, x.shape[-1])
-    out = _code_stats(_flat_indices(indices), flat_x, num_codes)
+    out = _code_stats(_flat_indices(indices), flat_x, num_codes, not check)
     if check:
         vq_check_indices(x.device)
     return out
