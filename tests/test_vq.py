@@ -196,5 +196,5 @@ def test_ops_pass_opcheck():
     idx = torch.randint(0, 9, (33,))
     utils = ("test_schema", "test_faketensor")
     torch.library.opcheck(torch.ops.vilg.vq_quantize.default, (x, cb, False), test_utils=utils)
-    torch.library.opcheck(torch.ops.vilg.vq_embed.default, (idx, cb), test_utils=utils)
-    torch.library.opcheck(torch.ops.vilg.vq_code_stats.default, (idx, x, 9), test_utils=utils)
+    torch.library.opcheck(torch.ops.vilg.vq_embed.default, (idx, cb, True), test_utils=utils)
+    torch.library.opcheck(torch.ops.vilg.vq_code_stats.default, (idx, x, 9, True), test_utils=utils)
