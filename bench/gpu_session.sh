@@ -5,6 +5,8 @@
 #
 #   bash bench/gpu_session.sh             # on the GPU machine ($OUT set by the device tool)
 #   bash bench/gpu_session.sh --dry-run   # here, first: the same steps on the CPU, tiny sizes
+#   bash bench/gpu_session.sh --checks-only   # correctness only (one device call, when the
+#                                             # whole script would not fit in one)
 #
 # Every step runs under its own time limit and the script goes on past a failed step (a
 # failure is logged with its exit code), except the build: nothing else means anything
@@ -15,8 +17,14 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
-DRY=0
-[[ ${1:-} == --dry-run ]] && DRY=1
+DRY=0 CHECKS_ONLY=0
+for arg in "$@"; do
+  case $arg in
+    --dry-run) DRY=1 ;;
+    --checks-only) CHECKS_ONLY=1 ;;  # build, tests, static check, sanitizers; no benchmarks
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)  # results gathered here, packed into one file at the end
@@ -74,6 +82,12 @@ COUNT=(--collected "${collected:-0}")
 ((DRY)) && COUNT+=(--expect-skipped)
 step pytest-cuda-count 30 "$PY" bench/check_test_counts.py "$WORK/pytest-cuda.xml" "${COUNT[@]}"
 
+# the static machine-code check of the build made here (CI runs it on its sm_80 + sm_90
+# build: tests/test_kernel_resources.py); exit 2: no cuobjdump on this machine
+if ((!DRY)); then
+  OK_RC="0 2" step kernel-resources 60 "$PY" scripts/kernel_resources.py
+fi
+
 # 3. compute-sanitizer's four tools on a small workload of every kernel family (attention,
 # decode, vq, sampling), each failing its step on any report (--error-exitcode) or on a
 # mismatch against the CPU / float64 (the case exits 1). Not on a CPU: nothing to check there
@@ -88,6 +102,7 @@ else
   done
 fi
 
+if ((!CHECKS_ONLY)); then
 # 4. benchmarks (bf16 on the GPU): every pattern vs SDPA (masked), FlexAttention (compiled)
 # and, as the ceiling, SDPA-flash with no mask; VQ; decode; then every kernel on the roofline
 FLEX=(--flex)
@@ -111,6 +126,7 @@ fi
 step profile-all 120 "$PY" bench/profile_all.py --device "$DEV" --dtype "$DT" "${BATCH[@]}" \
   "${PROF[@]}" -o "$WORK/profile.json"
 step roofline 30 "$PY" bench/plot.py --roofline "$WORK/profile.json" -o "$WORK/roofline.png"
+fi
 
 tar -czf "$OUT/results.tgz" -C "$WORK" . && note "packed $(tar -tzf "$OUT/results.tgz" | wc -l) files"
 rm -rf "$WORK"

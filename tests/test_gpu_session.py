@@ -84,3 +84,18 @@ def test_count_check(tmp_path):
     assert ctc.main([report(0, 3), *n, "--expect-skipped"]) == 0
     assert ctc.main([report(0, 2), *n, "--expect-skipped"]) == 1
     assert ctc.main([report(3, 0), "--collected", "3"]) == 1  # below the floor
+
+
+def test_checks_only_leaves_out_the_benchmarks(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON="false")
+    run = subprocess.run(
+        ["bash", "bench/gpu_session.sh", "--dry-run", "--checks-only"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1  # the fake Python fails its steps
+    steps = [line.split()[0] for line in (tmp_path / "summary.txt").read_text().splitlines()]
+    assert steps == ["build", "info", "pytest-cuda", "pytest-cuda-count", "sanitize-case"]
