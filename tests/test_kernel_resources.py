@@ -92,3 +92,12 @@ def test_built_kernels_static_resources():
     for arch in archs:  # every kernel template of every family, for every architecture
         assert {k.base for k in kernels if k.arch == arch} == set(kr.LAUNCHES), arch
     assert kr.check(kernels) == []
+    # the committed table is this build's, when the build is the one it was made from
+    doc = (ROOT / "docs/kernel-resources.md").read_text()
+    made = f"(CUDA {info['cuda_compiler']}, architectures {info['cuda_archs']};"
+    if made in doc:
+        fresh = kr.table(kernels, kr.extension_path(), cuobjdump)
+        rows = [line for line in fresh.splitlines() if line.startswith("| sm_")]
+        assert rows == [line for line in doc.splitlines() if line.startswith("| sm_")], (
+            "run: python scripts/kernel_resources.py --write docs/kernel-resources.md"
+        )
