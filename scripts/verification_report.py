@@ -7,7 +7,7 @@ from the repository itself rather than stated by hand.
 Sources: which csrc/cuda/*.cu files the CPU emulation harness (tests/cuda_emulation) builds, the
 emulation tests pytest collects (default run / slow set), the static machine-code table
 docs/kernel-resources.md (scripts/kernel_resources.py), the newest mutation report
-bench/results/mutation-*.json when one exists, the compute-sanitizer case
+bench/results/mutation*.json when one exists, the compute-sanitizer case
 (tests/cuda_sanitize_case.py), and bench/results/ for any result measured on a GPU.
 """
 
@@ -139,37 +139,33 @@ def static_table() -> dict[str, dict]:
     return out
 
 
-def mutation_scores() -> tuple[str | None, dict[str, tuple[int, int]]]:
-    """(report file, family -> (caught, total)) from the newest bench/results/mutation-*.json,
-    read in the shapes a report is likely to take; ({}, when the shape is unknown)."""
-    files = sorted(glob.glob(str(ROOT / "bench/results/mutation-*.json")))
+def mutation_scores(results: Path | None = None) -> tuple[str | None, dict[str, tuple[int, int]]]:
+    """(report file, family -> (caught, valid mutants)) from the newest
+    bench/results/mutation*.json (scripts/mutation_test.py's report: "families" maps a family,
+    or a part of one such as "attention fwd", to its counts; mutants that do not compile are
+    left out); ({} when the shape is not that)."""
+    results = results or ROOT / "bench/results"
+    files = sorted(results.glob("mutation*.json"), key=lambda p: p.stat().st_mtime)
     if not files:
         return None, {}
-    data = json.loads(Path(files[-1]).read_text())
-    scores: dict[str, tuple[int, int]] = {}
+    data = json.loads(files[-1].read_text())
+    acc: dict[str, list[int]] = {}
     fams = data.get("families") if isinstance(data, dict) else None
-    if isinstance(fams, dict):
-        for fam, v in fams.items():
-            if isinstance(v, dict):
-                caught = v.get("caught", v.get("killed"))
-                total = v.get("total", v.get("mutants"))
-                if isinstance(total, list):
-                    total = len(total)
-                if isinstance(caught, int) and isinstance(total, int):
-                    scores[fam] = (caught, total)
-    mutants = data.get("mutants") if isinstance(data, dict) else data
-    if not scores and isinstance(mutants, list):
-        acc = defaultdict(lambda: [0, 0])
-        for m in mutants:
-            if not isinstance(m, dict) or "family" not in m:
-                continue
-            caught = m.get("caught", m.get("killed"))
-            if caught is None and "status" in m:
-                caught = m["status"] in ("caught", "killed")
-            acc[m["family"]][0] += bool(caught)
-            acc[m["family"]][1] += 1
-        scores = {f: tuple(v) for f, v in acc.items()}
-    return Path(files[-1]).relative_to(ROOT).as_posix(), scores
+    for name, v in (fams or {}).items():
+        fam = next((f for f in FAMILIES if str(name).startswith(f)), None)
+        if fam is None or not isinstance(v, dict):
+            continue
+        caught, total = v.get("caught"), v.get("mutants", v.get("total"))
+        if not isinstance(caught, int) or not isinstance(total, int):
+            continue
+        a = acc.setdefault(fam, [0, 0])
+        a[0] += caught
+        a[1] += total - int(v.get("invalid", 0))
+    try:
+        shown = files[-1].relative_to(ROOT).as_posix()
+    except ValueError:
+        shown = str(files[-1])
+    return shown, {f: (c, t) for f, (c, t) in acc.items()}
 
 
 def gpu_results() -> list[str]:
@@ -298,7 +294,7 @@ def render() -> str:
         if not mut:
             L.append("Its per-family scores could not be read here; see the file.")
     else:
-        L.append("No mutation report yet (bench/results/mutation-*.json).")
+        L.append("No mutation report yet (bench/results/mutation*.json).")
     L += [
         "",
         "## Bad values rejected on every device",

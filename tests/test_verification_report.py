@@ -24,3 +24,15 @@ def test_every_cuda_source_belongs_to_a_family():
 def test_verification_page_is_fresh():
     text = (ROOT / "docs/verification.md").read_text()
     assert vr.render() == text, "run: python scripts/verification_report.py --write"
+
+
+def test_mutation_report_is_read_per_family(tmp_path):
+    (tmp_path / "mutation.json").write_text(
+        '{"families": {"attention fwd": {"mutants": 10, "caught": 9, "invalid": 1},'
+        ' "attention bwd": {"mutants": 5, "caught": 5, "invalid": 0},'
+        ' "vq": {"mutants": 4, "caught": 3}}}'
+    )
+    name, scores = vr.mutation_scores(tmp_path)
+    assert name.endswith("mutation.json")
+    assert scores == {"attention": (14, 14), "vq": (3, 4)}
+    assert vr.mutation_scores(tmp_path / "none") == (None, {})
