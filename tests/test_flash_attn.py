@@ -217,6 +217,24 @@ def test_kvcache_append_and_attend(lq):
         assert rel_err(lse[b], want_lse) < 1e-5
 
 
+def test_kvcache_decode_loop_shares_layouts():
+    """Token-by-token decoding: one query per step sees its whole cache, so steps within a
+    64-key tile share one layout (no build per step)."""
+    kc, vc = _cache(2, 200, 2, seed=4)
+    g = torch.Generator().manual_seed(5)
+    lens = torch.tensor([70, 100], dtype=torch.int32)
+    fa.LAYOUTS.clear()
+    for _ in range(5):
+        q = torch.randn(2, 1, 4, 16, generator=g)
+        kn, vn = torch.randn(2, 1, 2, 16, generator=g), torch.randn(2, 1, 2, 16, generator=g)
+        out = fa.flash_attn_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=lens, causal=True)
+        lens += 1
+        for b in range(2):
+            n = int(lens[b])
+            assert rel_err(out[b], ref_one(q[b], kc[b, :n], vc[b, :n], causal=True)[0]) < 1e-5
+    assert len(fa.LAYOUTS._cache) == 1
+
+
 def test_kvcache_batch_idx_window_and_no_append():
     kc, vc = _cache(4, 80, 2, seed=2)
     q = torch.randn(2, 2, 4, 16, generator=torch.Generator().manual_seed(3))

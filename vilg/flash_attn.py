@@ -511,7 +511,9 @@ def flash_attn_with_kvcache(
     last positions; cache_batch_idx picks cache rows, cache_leftpad masks keys before it.
 
     Forward only (like flash-attn's). The cache lengths are read on the host (one device sync
-    on a GPU) and samples of equal length run as one kernel call; `num_splits` is ignored.
+    on a GPU). When every query sees all its sample's keys (one query per sample, or no causal /
+    window mask; no ALiBi) the batch runs as one kernel call with per-sample key lengths;
+    otherwise samples of equal length run as one call each. `num_splits` is ignored.
     Returns out [batch, seqlen_q, heads, head_dim] (and the float32 lse [batch, heads,
     seqlen_q] with return_softmax_lse)."""
     if rotary_cos is not None or rotary_sin is not None:
@@ -582,6 +584,27 @@ def flash_attn_with_kvcache(
     if cache_leftpad is not None:
         _needs_modifiers("cache_leftpad")
         starts = torch.as_tensor(cache_leftpad, device=dev).to(torch.int32)
+    left, right = _window(window_size, causal, S)
+    if alibi_slopes is None and left < 0 and (lq == 1 or right < 0):
+        # Every query sees all its sample's keys (a single query is last, so causal cuts
+        # nothing): one call over the cache's first keys, rounded up to a tile so that a
+        # layout serves 64 decoding steps, with per-sample key lengths.
+        n = min(S, max(64, -(-max(total) // 64) * 64))
+        whole = rows == list(range(B))
+        kc = k_cache[:, :n] if whole else k_cache[rows, :n]
+        vc = v_cache[:, :n] if whole else v_cache[rows, :n]
+        return _attend(
+            q,
+            kc,
+            vc,
+            scale=softmax_scale,
+            causal=False,
+            window_size=(-1, -1),
+            softcap=softcap,
+            key_lens=torch.tensor(total, dtype=torch.int32, device=dev),
+            key_starts=starts,
+            return_lse=return_softmax_lse,
+        )
     alibi = alibi_slopes
     out = q.new_empty(q.shape)
     lse = q.new_empty((B, q.shape[2], lq), dtype=torch.float32) if return_softmax_lse else None
