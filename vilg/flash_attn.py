@@ -406,8 +406,12 @@ def flash_attn_varlen_func(
             "flash_attn_varlen_func with per-sample query and key lengths that differ, under "
             "causal / window_size / alibi_slopes"
         )
-    width_q = pq if not same else max(pq, pk)
-    width_k = max(pk, width_q)
+    # Widths rounded up to a 64-key tile (the kernels' tile: no extra tiles visited): a batch
+    # of a new max_seqlen then mostly finds its layout built. Alignment does not move, since
+    # every sample sits at the same end of its rows (right padding of equal q / k lengths, or
+    # left padding).
+    width_q = -(-(pq if not same else max(pq, pk)) // 64) * 64
+    width_k = max(-(-pk // 64) * 64, width_q)
     qp = _pad(q, cu_q, lens_q, width_q, left_pad)
     kp = _pad(k, cu_k, lens_k, width_k, left_pad)
     vp = _pad(v, cu_k, lens_k, width_k, left_pad)
