@@ -100,6 +100,7 @@ def interleaved(name, fns, seq, args) -> list[dict]:
                     times[k].append((time.perf_counter() - t0) * 1e3)
         for k, ts in times.items():
             rows[k][col] = statistics.median(ts) if ts else None
+            rows[k][col.replace("_ms", "_rounds_ms")] = ts  # every timed round, in order
     out = list(rows.values())
     for r in out:
         for col in ("fwd_ms", "fwd_bwd_ms"):
@@ -420,6 +421,7 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--note", default="", help="recorded with the results (e.g. the load)")
     args = ap.parse_args(argv)
     if args.quick:
         args.seq, args.window, args.grid, args.layers, args.repeat = 512, 128, 16, 2, 1
