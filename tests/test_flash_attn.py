@@ -105,6 +105,17 @@ def test_scale_and_half_precision():
     assert rel_err(out, ref_batch(qh, kh, vh, causal=True)) < 2e-2
 
 
+def test_strided_inputs():
+    """Views of a fused projection are read in place; a non-contiguous last dim is copied."""
+    q, k, v = _inputs(2, 70, 70, 4, 4)
+    want = fa.flash_attn_func(q, k, v, causal=True)
+    fused = torch.cat([q, k, v], 2)  # [B, L, 3H, D]: q, k, v as strided views
+    got = fa.flash_attn_func(fused[:, :, :4], fused[:, :, 4:8], fused[:, :, 8:], causal=True)
+    assert rel_err(got, want) < 1e-6
+    qt = q.detach().transpose(-1, -2).contiguous().transpose(-1, -2)  # stride(-1) != 1
+    assert rel_err(fa.flash_attn_func(qt, k, v, causal=True), want) < 1e-6
+
+
 def test_more_queries_than_keys_without_alignment():
     """flash-attn allows seqlen_q > seqlen_k; with no causal / window mask the keys are
     padded on the right and masked."""

@@ -181,6 +181,8 @@ def _attend(
         _check_bshd(t, n)
     if k.shape != v.shape:
         raise ValueError(f"k and v must have one shape, got {list(k.shape)}, {list(v.shape)}")
+    # as flash-attn does: a last dimension that is not contiguous is copied
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     lq, lk = q.shape[1], k.shape[1]
     if lq < 1 or lk < 1:
         raise ValueError(f"seqlen_q and seqlen_k must be >= 1, got {lq}, {lk}")
