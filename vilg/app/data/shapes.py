@@ -1,4 +1,4 @@
-"""The built-in bilingual captioned-shapes dataset (see shared/specs/shapes.md).
+"""The built-in bilingual captioned-shapes dataset (defined in docs/specification.md).
 
 Every sample is a pure function of (split, seed, index): a scene is drawn from a generator
 seeded with those numbers, and a split is assigned by hashing the scene itself, so that
