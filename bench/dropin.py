@@ -6,6 +6,15 @@ Models are built from configs (random weights):
          heads, 4 layers, seq 4096, window 512; sdpa gets transformers' own sliding mask.
   vit:   ViT, hidden 384, 6 heads, 4 layers, 64x64 patch grid (+ CLS), 7x7 neighbourhood;
          sdpa gets the same layout as a dense boolean mask (ViT itself has no mask).
+  flashapi: a decoder-only LM written against flash-attn's API (each block calls
+         flash_attn_func(q, k, v, causal=True, window_size=(window - 1, 0)) on [B, L, heads,
+         D] tensors), switched to vilg by handing it vilg.flash_attn.flash_attn_func; the
+         baseline is the same call answered by SDPA with the dense mask (flash-attn itself
+         has no CPU build). Same sizes as llama.
+  gemma: Gemma 2 (attention logits soft-capped at 50, every layer a sliding window); needs
+         vilg's score modifiers (skipped without them). Baselines: transformers' eager
+         attention (the model's own soft-capped path; SDPA cannot soft-cap) and SDPA with the
+         window mask but *without* the cap (not the same model: a speed reference only).
 Also times the layout build and the first vilg call with nothing warm, the model with no
 attention at all (zeros: the floor, so sdpa / none is the best end-to-end ratio any attention
 could reach), and the attention op alone at the same shapes. Implementations are timed in
@@ -33,6 +42,7 @@ from common import print_table, thread_note, write_results  # noqa: E402
 
 import vilg.integrations.transformers as vt  # noqa: E402
 from vilg.layouts import neighborhood_2d, sliding_window  # noqa: E402
+from vilg.nn import HAS_MODIFIERS  # noqa: E402
 
 
 def masked_sdpa(mask):
@@ -90,6 +100,7 @@ def interleaved(name, fns, seq, args) -> list[dict]:
                     times[k].append((time.perf_counter() - t0) * 1e3)
         for k, ts in times.items():
             rows[k][col] = statistics.median(ts) if ts else None
+            rows[k][col.replace("_ms", "_rounds_ms")] = ts  # every timed round, in order
     out = list(rows.values())
     for r in out:
         for col in ("fwd_ms", "fwd_bwd_ms"):
@@ -151,8 +162,138 @@ def vit_case(args):
     return make, layout_fn, dict(pixel_values=x), None
 
 
+class FlashAttnLM(torch.nn.Module):
+    """A small decoder-only LM whose blocks call a flash-attn style `attn(q, k, v, causal=...,
+    window_size=...)` on [B, L, heads, D] tensors: swapping `attn` swaps the implementation,
+    as changing `from flash_attn import flash_attn_func` would."""
+
+    def __init__(self, attn, vocab, hidden, heads, kv_heads, layers, window):
+        super().__init__()
+        self.attn, self.window = attn, window
+        self.H, self.G, self.D = heads, kv_heads, hidden // heads
+        self.emb = torch.nn.Embedding(vocab, hidden)
+        self.blocks = torch.nn.ModuleList()
+        for _ in range(layers):
+            self.blocks.append(
+                torch.nn.ModuleDict(
+                    dict(
+                        n1=torch.nn.RMSNorm(hidden),
+                        qkv=torch.nn.Linear(hidden, (heads + 2 * kv_heads) * self.D, bias=False),
+                        o=torch.nn.Linear(hidden, hidden, bias=False),
+                        n2=torch.nn.RMSNorm(hidden),
+                        up=torch.nn.Linear(hidden, 3 * hidden, bias=False),
+                        down=torch.nn.Linear(3 * hidden, hidden, bias=False),
+                    )
+                )
+            )
+        self.norm = torch.nn.RMSNorm(hidden)
+        self.head = torch.nn.Linear(hidden, vocab, bias=False)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        B, L, _ = x.shape
+        H, G, D = self.H, self.G, self.D
+        for b in self.blocks:
+            qkv = b["qkv"](b["n1"](x)).view(B, L, H + 2 * G, D)
+            q, k, v = qkv[:, :, :H], qkv[:, :, H : H + G], qkv[:, :, H + G :]
+            o = self.attn(q, k, v, causal=True, window_size=(self.window - 1, 0))
+            x = x + b["o"](o.reshape(B, L, H * D))
+            x = x + b["down"](F.silu(b["up"](b["n2"](x))))
+        return self.head(self.norm(x))
+
+
+def sdpa_flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
+                         window_size=(-1, -1), **unused):  # fmt: skip
+    """flash_attn_func's call answered by SDPA with a dense boolean mask (built once per shape),
+    in flash-attn's bottom-right alignment."""
+    lq, lk = q.shape[1], k.shape[1]
+    key = (lq, lk, causal, tuple(window_size))
+    mask = _SDPA_MASKS.get(key)
+    if mask is None:
+        i = torch.arange(lq)[:, None] + lk - lq
+        j = torch.arange(lk)[None, :]
+        left, right = window_size
+        right = 0 if causal else right
+        mask = torch.ones(lq, lk, dtype=torch.bool)
+        if left >= 0:
+            mask &= j >= i - left
+        if right >= 0:
+            mask &= j <= i + right
+        _SDPA_MASKS[key] = mask
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+        scale=softmax_scale, enable_gqa=q.shape[2] != k.shape[2],
+    )  # fmt: skip
+    return out.transpose(1, 2)
+
+
+_SDPA_MASKS: dict = {}
+
+
+def run_flashapi(args) -> list[dict]:
+    from vilg.flash_attn import flash_attn_func
+
+    L = args.seq
+    ids = torch.randint(0, 1024, (1, L), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    sizes = (1024, args.hidden, 8, 2, args.layers, args.window)
+    models = {"vilg": FlashAttnLM(flash_attn_func, *sizes)}
+    models["sdpa"] = FlashAttnLM(sdpa_flash_attn_func, *sizes)
+    models["sdpa"].load_state_dict(models["vilg"].state_dict())
+    with torch.no_grad():  # the same model: same logits (float32 tolerance)
+        a, b = models["vilg"](ids[:, :256]), models["sdpa"](ids[:, :256])
+        err = ((a - b).norm() / b.norm()).item()
+    print(f"flashapi: vilg vs sdpa logits rel err {err:.2e} (seq 256)")
+    fns = {}
+    for label, m in models.items():
+
+        def fwd(m=m):
+            with torch.no_grad():
+                m(ids)
+
+        def fwd_bwd(m=m):
+            m.zero_grad(set_to_none=True)
+            m(ids).float().square().mean().backward()
+
+        fns[label] = (fwd, fwd_bwd)
+    rows = interleaved("flashapi", fns, L, args)
+    rows[0]["logits_rel_err_vs_sdpa"] = err
+    return rows
+
+
+def gemma_case(args):
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    L, w = args.seq, args.window
+    cfg = Gemma2Config(
+        vocab_size=1024,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 3,
+        num_hidden_layers=args.layers,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=args.hidden // 8,
+        query_pre_attn_scalar=args.hidden // 8,
+        max_position_embeddings=L,
+        sliding_window=w,
+        layer_types=["sliding_attention"] * args.layers,
+        attn_logit_softcapping=50.0,
+    )
+
+    def make(impl):
+        return AutoModelForCausalLM.from_config(copy.deepcopy(cfg), attn_implementation=impl)
+
+    def layout_fn(n):
+        return sliding_window(n, w)
+
+    ids = torch.randint(0, 1024, (1, L), generator=torch.Generator().manual_seed(0))
+    # sdpa: the window mask without the cap (a speed reference); eager: the model's own path
+    return make, layout_fn, dict(input_ids=ids), None, {"eager": "eager"}
+
+
 def run_case(name, case, args) -> list[dict]:
-    make, layout_fn, inputs, native_sdpa = case(args)
+    make, layout_fn, inputs, native_sdpa, *more = case(args)
+    extra_impls = more[0] if more else {}
     n = inputs["input_ids"].shape[1] if "input_ids" in inputs else 1 + args.grid**2
     tag = f"vilg_{name}"
 
@@ -177,7 +318,7 @@ def run_case(name, case, args) -> list[dict]:
     if native_sdpa:
         impls["sdpa"] = native_sdpa
     else:
-        vt_name = f"sdpa_masked_{name}"
+        vt_name = f"dense_mask_{name}"  # no "sdpa" in the name: transformers checks those
         from transformers import AttentionInterface
 
         AttentionInterface.register(vt_name, masked_sdpa(layout.dense_mask()))
@@ -187,6 +328,7 @@ def run_case(name, case, args) -> list[dict]:
 
         AttentionInterface.register(f"flex_{name}", compiled_flex(layout.to_block_mask()))
         impls["flex"] = f"flex_{name}"
+    impls.update(extra_impls)
     if args.floor:
         from transformers import AttentionInterface
 
@@ -219,6 +361,8 @@ def run_case(name, case, args) -> list[dict]:
     rows[0]["first_call_s"] = first
     rows[0]["layout_build_s"] = build
     rows[0]["layout"] = repr(layout)
+    if name == "gemma":  # the op rows would time plain attention, without the cap
+        return rows
     return rows + attention_rows(name, model, layout, args)
 
 
@@ -258,7 +402,7 @@ def attention_rows(name, model, layout, args) -> list[dict]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="llama,vit")
+    ap.add_argument("--models", default="llama,vit", help="any of llama,vit,flashapi,gemma")
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--hidden", type=int, default=512)
@@ -277,14 +421,21 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--note", default="", help="recorded with the results (e.g. the load)")
     args = ap.parse_args(argv)
     if args.quick:
         args.seq, args.window, args.grid, args.layers, args.repeat = 512, 128, 16, 2, 1
     thread_note(torch.device("cpu"))
-    cases = {"llama": llama_case, "vit": vit_case}
+    cases = {"llama": llama_case, "vit": vit_case, "gemma": gemma_case}
     rows = []
     for name in args.models.split(","):
-        rows += run_case(name, cases[name], args)
+        if name == "flashapi":
+            rows += run_flashapi(args)
+        elif name == "gemma" and not HAS_MODIFIERS:
+            print("gemma: skipped: this build of vilg has no score modifiers (softcap)")
+            rows.append(dict(model="gemma", attention="vilg", skipped="no softcap in this build"))
+        else:
+            rows += run_case(name, cases[name], args)
     print()
     print_table(
         rows, ["model", "attention", "fwd_ms", "fwd_bwd_ms", "fwd_x_vs_vilg", "fwd_bwd_x_vs_vilg"]

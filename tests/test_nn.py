@@ -7,7 +7,7 @@ from reference import rel_err
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from vilg.layouts import neighborhood_2d, sliding_window
-from vilg.nn import SparseAttention, SparseSelfAttention
+from vilg.nn import HAS_MODIFIERS, SparseAttention, SparseSelfAttention, padding_bounds
 
 
 def _dense_self_attention(mod, x, mask, key_lens=None):
@@ -105,3 +105,79 @@ def test_compile_without_a_built_layout_says_what_to_do():
     compiled = torch.compile(mod, backend="aot_eager", fullgraph=True)
     with pytest.raises(Exception, match="prepare"):
         compiled(torch.randn(1, 24, 16))
+
+
+# ---- padding masks, left padding, score modifiers ---------------------------------------------
+MODIFIERS = HAS_MODIFIERS  # the one capability check (the kernels' modifiers and key_starts)
+needs_modifiers = pytest.mark.skipif(not MODIFIERS, reason="sparse_attention has no modifiers")
+
+
+def _mask_ref(q, k, v, allowed, softcap=0.0, slopes=None):
+    """float64 dense attention: q [B, H, L, D], k, v [B, G, L, D], allowed [B, L, L] bool."""
+    q, k, v = (t.double() for t in (q, k, v))
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    s = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    if slopes is not None:
+        i = torch.arange(q.shape[2])
+        s = s - slopes.double()[:, None, None] * (i[:, None] - i[None, :]).abs()
+    s = s.masked_fill(~allowed[:, None], float("-inf"))
+    return torch.softmax(s, -1).nan_to_num(0.0) @ v
+
+
+def _qkv(gen, L=50):
+    return [torch.randn(3, h, L, 8, generator=gen, requires_grad=True) for h in (4, 2, 2)]
+
+
+def test_padding_mask_right_and_errors(gen):
+    mod = SparseAttention(lambda n: sliding_window(n, 9, block_size=16))
+    q, k, v = _qkv(gen)
+    am = torch.ones(3, 50, dtype=torch.long)
+    am[1, 31:], am[2, 5:] = 0, 0
+    out = mod(q, k, v, attention_mask=am)
+    assert torch.equal(out, mod(q, k, v, key_lens=torch.tensor([50, 31, 5])))
+    allowed = mod.layout(50).dense_mask()[None] & am.bool()[:, None, :]
+    assert rel_err(out, _mask_ref(q, k, v, allowed)) < 1e-5
+    gappy = am.clone()
+    gappy[0, 10] = 0
+    with pytest.raises(ValueError, match="contiguous run"):
+        mod(q, k, v, attention_mask=gappy)
+    with pytest.raises(ValueError, match="2-D"):
+        mod(q, k, v, attention_mask=am[:, None, None, :])
+    with pytest.raises(ValueError, match="not both"):
+        mod(q, k, v, attention_mask=am, key_lens=torch.tensor([50, 31, 5]))
+    left = am.flip(1)
+    if not MODIFIERS:
+        with pytest.raises(ValueError, match="left padding"):
+            mod(q, k, v, attention_mask=left)
+        with pytest.raises(NotImplementedError, match="modifiers"):
+            SparseAttention(lambda n: sliding_window(n, 9), softcap=30.0)
+
+
+def test_padding_bounds():
+    am = torch.tensor([[1, 1, 1, 0], [0, 0, 1, 1], [0, 1, 1, 0], [0, 0, 0, 0]])
+    if MODIFIERS:
+        starts, lens = padding_bounds(am, 4, 4)
+        assert starts.tolist() == [0, 2, 1, 0] and lens.tolist() == [3, 4, 3, 0]
+    starts, lens = padding_bounds(am[[0, 3]], 2, 4)
+    assert starts is None and lens.tolist() == [3, 0]
+
+
+@needs_modifiers
+def test_left_padding_softcap_alibi(gen):
+    slopes = torch.tensor([0.4, 0.2, 0.1, 0.05])
+    mod = SparseAttention(lambda n: sliding_window(n, 9, block_size=16), softcap=3.0,
+                          alibi_slopes=slopes)  # fmt: skip
+    q, k, v = _qkv(gen)
+    am = torch.ones(3, 50, dtype=torch.long)
+    am[0, :20], am[1, 40:], am[2, :3], am[2, 45:] = 0, 0, 0, 0
+    out = mod(q, k, v, attention_mask=am)
+    allowed = mod.layout(50).dense_mask()[None] & am.bool()[:, None, :]
+    want = _mask_ref(q, k, v, allowed, softcap=3.0, slopes=slopes)
+    assert rel_err(out, want) < 1e-5
+    g = torch.randn(out.shape, generator=gen)
+    got = torch.autograd.grad(out, (q, k, v), g)
+    exp = torch.autograd.grad(want, (q, k, v), g.double())
+    assert all(rel_err(a, b) < 1e-4 for a, b in zip(got, exp))

@@ -1,7 +1,8 @@
 """transformers models built from configs (random weights) on vilg attention: logits and
-gradients against the same model on sdpa (float64) under the same mask."""
+gradients against the same model on sdpa / eager (float64) under the same mask."""
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -12,6 +13,11 @@ transformers = pytest.importorskip("transformers")
 
 import vilg.integrations.transformers as vt  # noqa: E402
 from vilg.layouts import causal, neighborhood_2d, sliding_window  # noqa: E402
+from vilg.ops import sparse_attention  # noqa: E402
+
+# The one capability check for the kernels' score modifiers and left padding (key_starts).
+MODIFIERS = "softcap" in inspect.signature(sparse_attention).parameters
+needs_modifiers = pytest.mark.skipif(not MODIFIERS, reason="sparse_attention has no modifiers")
 
 V = 97
 
@@ -161,10 +167,17 @@ def test_errors():
     k = torch.randn(2, 2, 20, 8)
     with pytest.raises(ValueError, match="dropout"):
         fn(None, q, k, k, None, dropout=0.1)
-    with pytest.raises(ValueError, match="right padding"):
-        left = torch.ones(2, 20, dtype=torch.long)
-        left[0, :3] = 0
-        fn(None, q, k, k, left)
+    gappy = torch.ones(2, 20, dtype=torch.long)
+    gappy[0, 5:7] = 0
+    with pytest.raises(ValueError, match="contiguous run"):
+        fn(None, q, k, k, gappy)
+    left = torch.ones(2, 20, dtype=torch.long)
+    left[0, :3] = 0
+    if not MODIFIERS:
+        with pytest.raises(ValueError, match="left padding"):
+            fn(None, q, k, k, left)
+        with pytest.raises(NotImplementedError, match="soft-caps"):
+            fn(None, q, k, k, None, softcap=50.0)
     with pytest.raises(ValueError, match="2-D"):
         fn(None, q, k, k, torch.ones(2, 1, 20, 20, dtype=torch.bool))
     with pytest.raises(ValueError, match="at most as many queries as keys"):
@@ -196,3 +209,84 @@ def test_chunked_prefill_with_kv_cache(w):
         second = model(input_ids=ids[:, 30:], past_key_values=first.past_key_values).logits
     assert rel_err(torch.cat([first.logits, second], 1), want) < 1e-5
     assert rel_err(second, whole[:, 30:]) < 1e-5
+
+
+def _pair_eager(config, impl, auto=transformers.AutoModelForCausalLM):
+    """The model on `impl` (float32) and the same weights on eager attention in float64 (eager
+    keeps fully masked rows finite, where sdpa's could be NaN, and it soft-caps)."""
+    torch.manual_seed(0)
+    model = auto.from_config(copy.deepcopy(config), attn_implementation=impl)
+    ref = auto.from_config(copy.deepcopy(config), attn_implementation="eager").double()
+    ref.load_state_dict(model.state_dict())
+    return model, ref
+
+
+def _compare_real(model, ref, ids, am, tol=1e-5):
+    """Logits and gradients at the real (unpadded) positions only: a padded query's row is
+    undefined (vilg gives 0, eager a uniform average)."""
+    out = model(input_ids=ids, attention_mask=am).logits
+    want = ref(input_ids=ids, attention_mask=am).logits
+    real = am.bool()
+    assert rel_err(out[real], want[real]) < tol
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)) * real[..., None]
+    (out * g).sum().backward()
+    (want * g.double()).sum().backward()
+    assert rel_err(_grads(model), _grads(ref)) < 10 * tol
+
+
+@needs_modifiers
+def test_llama_left_padding():
+    """Left, right and both-sided padding against each sample run alone with no padding (RoPE
+    scores depend on relative positions only, so a shifted sample gives the same logits)."""
+    vt.register("vilg_left", layout_fn=lambda n: causal(n, block_size=16))
+    model, ref = _pair(_lm_config(transformers.LlamaConfig), "vilg_left")
+    ids = torch.randint(0, V, (3, 40), generator=torch.Generator().manual_seed(5))
+    am = torch.ones(3, 40, dtype=torch.long)
+    am[0, :12] = 0  # left padding
+    am[1, 33:] = 0  # right padding
+    am[2, :4], am[2, 36:] = 0, 0  # both
+    out = model(input_ids=ids, attention_mask=am).logits
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    (out * g * am[..., None]).sum().backward()
+    for b in range(3):
+        real = am[b].bool()
+        want = ref(input_ids=ids[b : b + 1, real]).logits[0]
+        assert rel_err(out[b, real], want) < 1e-5
+        (want * g[b, real].double()).sum().backward()
+    assert rel_err(_grads(model), _grads(ref)) < 1e-4
+
+
+@needs_modifiers
+def test_gemma2_softcap():
+    """Gemma 2 soft-caps its attention scores (attn_logit_softcapping, passed as `softcap`)."""
+    vt.register("vilg_gemma", layout_fn=lambda n: causal(n, block_size=16))
+    cfg = transformers.Gemma2Config(
+        vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+        max_position_embeddings=256, attn_logit_softcapping=1.0, initializer_range=0.2,
+        layer_types=["full_attention", "full_attention"],
+    )  # fmt: skip
+    model, ref = _pair_eager(cfg, "vilg_gemma")
+    ids = torch.randint(0, V, (2, 45), generator=torch.Generator().manual_seed(7))
+    am = torch.ones(2, 45, dtype=torch.long)
+    am[1, 30:] = 0
+    _compare_real(model, ref, ids, am)
+    nocap = copy.deepcopy(cfg)
+    nocap.attn_logit_softcapping = None  # the cap changes the logits: it is applied
+    off, _ = _pair_eager(nocap, "vilg_gemma")
+    assert rel_err(off(input_ids=ids).logits, model(input_ids=ids).logits) > 1e-3
+
+
+@needs_modifiers
+def test_alibi_slopes_keyword():
+    """A model that hands `alibi_slopes` to the attention function gets ALiBi."""
+    fn = vt.make_attention_function(lambda n: causal(n, block_size=16))
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(2, 4, 30, 8, generator=g) for _ in "qkv")
+    slopes = torch.tensor([0.5, 0.25, 0.125, 0.0625])
+    out, _ = fn(None, q, k, v, None, alibi_slopes=slopes)
+    i = torch.arange(30)
+    bias = -slopes.double()[:, None, None] * (i[:, None] - i[None, :]).abs()
+    s = q.double() @ k.double().transpose(-1, -2) / 8**0.5 + bias
+    s = s.masked_fill(i[None, :] > i[:, None], float("-inf"))
+    assert rel_err(out.transpose(1, 2), torch.softmax(s, -1) @ v.double()) < 1e-5

@@ -64,7 +64,8 @@ class Layout:
 
     Build with `ernie_vilg(...)`, `Layout.from_dense(mask)` or `Layout.from_mask_mod(fn, L)`.
     `q_len` (default seq_len): the queries are the last q_len positions of the sequence (see
-    `last_queries`); keys are always all seq_len positions.
+    `last_queries`); keys are always all seq_len positions. A rectangular layout must be causal
+    (no query attends a later key) unless built with `future_keys=True` (cross-attention).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class Layout:
         spec: PatternSpec | None = None,
         name: str | None = None,
         key_hint: KeyHint | None = None,
+        future_keys: bool = False,
     ):
         if not isinstance(seq_len, int) or seq_len < 1:
             raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
@@ -97,6 +99,9 @@ class Layout:
         self.name = name  # shown in repr, e.g. "sliding_window(L=4096, window=512)"
         self.mask_mod = _as_mask_mod(mask_mod)
         self.key_hint = key_hint
+        # a rectangular layout whose queries may see keys after their own position: not a KV
+        # cache chunk but cross-attention (flash-attn's non-causal seqlen_q < seqlen_k)
+        self.future_keys = bool(future_keys)
         if perm is not None:
             perm = torch.as_tensor(perm, dtype=torch.int64).flatten()
             if perm.numel() != seq_len or not torch.equal(
@@ -273,7 +278,7 @@ class Layout:
         m = self.mask_mod(q.clamp(min=0)[:, None], k[None, :])
         m = torch.as_tensor(m, dtype=torch.bool).expand(bs, cols.numel())
         m = m & (q >= 0)[:, None] & kvalid[None, :]
-        if Lq != L and bool((m & (k[None, :] > q[:, None])).any()):
+        if Lq != L and not self.future_keys and bool((m & (k[None, :] > q[:, None])).any()):
             i, j = (int(x[0]) for x in torch.nonzero(m & (k[None, :] > q[:, None])).T)
             raise ValueError(
                 f"{self.name or 'this layout'} lets query {int(q[i])} attend the later key "

@@ -12,6 +12,7 @@ compiled call must find its layout built. Call the module once eagerly per seque
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -22,6 +23,48 @@ from vilg.layouts import Layout
 from vilg.ops.attention import sparse_attention
 
 LayoutFn = Callable[[int], Layout]
+
+# Score modifiers (softcap, ALiBi) and left padding (key_starts) come with the kernels' modifier
+# support; this one check says whether sparse_attention has them.
+HAS_MODIFIERS = "key_starts" in inspect.signature(sparse_attention).parameters
+
+
+def padding_bounds(
+    attention_mask: torch.Tensor, batch: int, length: int
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """A 2-D padding mask [batch, length] (nonzero / True = a real token) -> (key_starts,
+    key_lens): sample b's real keys are positions [key_starts[b], key_lens[b]). Left, right or
+    both-sided padding; any other mask (a gap inside the real tokens) is a ValueError, checked
+    on every device (on a GPU a sync; not under torch.compile). key_starts is None when no
+    sample is left-padded; left padding needs the kernels' key_starts (ValueError without)."""
+    m = attention_mask
+    if not isinstance(m, torch.Tensor):
+        raise TypeError(f"attention_mask must be a torch.Tensor, got {type(m).__name__}")
+    if m.dim() != 2 or m.shape[0] != batch or m.shape[1] != length:
+        raise ValueError(
+            f"attention_mask must be a 2-D [batch, seq] = [{batch}, {length}] padding mask "
+            f"(the layout is the pattern), got shape {list(m.shape)}; 4-D masks are not supported"
+        )
+    m = m if m.dtype == torch.bool else m != 0
+    count = m.sum(-1)
+    first = torch.where(count > 0, m.to(torch.uint8).argmax(-1), 0)
+    end = first + count
+    if torch.compiler.is_compiling():  # no data-dependent checks or branches in a graph
+        return (first.to(torch.int32) if HAS_MODIFIERS else None), end.to(torch.int32)
+    pos = torch.arange(length, device=m.device)[None, :]
+    if not torch.equal(m, (pos >= first[:, None]) & (pos < end[:, None])):
+        raise ValueError(
+            "vilg takes padding masks whose real tokens are one contiguous run (left and / or "
+            "right padding); this mask has gaps inside a sample"
+        )
+    if not bool((first > 0).any()):
+        return None, end.to(torch.int32)
+    if not HAS_MODIFIERS:
+        raise ValueError(
+            "left padding needs per-sample key starts (key_starts), which this build of vilg "
+            "lacks: pad on the right instead"
+        )
+    return first.to(torch.int32), end.to(torch.int32)
 
 
 class LayoutCache:
@@ -71,17 +114,38 @@ class LayoutCache:
 class SparseAttention(nn.Module):
     """out = softmax(q k^T * scale, restricted to the layout) v, on vilg's kernels.
 
-    forward(q, k, v, *, text_lens=None, key_lens=None): q [B, heads, Lq, D], k, v
-    [B, kv_heads, L, D] (heads a multiple of kv_heads) -> [B, heads, Lq, D]. The layout is
-    the key length's; Lq < L (a chunk of queries against a KV cache, causal layouts) takes
-    its last Lq rows."""
+    forward(q, k, v, *, text_lens=None, key_lens=None, attention_mask=None): q [B, heads, Lq,
+    D], k, v [B, kv_heads, L, D] (heads a multiple of kv_heads) -> [B, heads, Lq, D]. The
+    layout is the key length's; Lq < L (a chunk of queries against a KV cache, causal
+    layouts) takes its last Lq rows. attention_mask: a 2-D [B, L] padding mask, left- or
+    right-padded (see `padding_bounds`), in place of key_lens.
+
+    softcap (> 0) and alibi_slopes ([heads] or [B, heads] float32) modify the scores as in
+    flash-attn (they need the kernels' modifiers)."""
 
     def __init__(
-        self, layout_fn: Layout | LayoutFn, *, scale: float | None = None, cache_size: int = 8
+        self,
+        layout_fn: Layout | LayoutFn,
+        *,
+        scale: float | None = None,
+        cache_size: int = 8,
+        softcap: float = 0.0,
+        alibi_slopes: torch.Tensor | None = None,
     ):
         super().__init__()
         self.layouts = LayoutCache(layout_fn, cache_size)
         self.scale = scale
+        if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or softcap < 0:
+            raise ValueError(f"softcap must be a float >= 0 (0: off), got {softcap!r}")
+        if (softcap or alibi_slopes is not None) and not HAS_MODIFIERS:
+            raise NotImplementedError(
+                "softcap / alibi_slopes need the kernels' score modifiers, which this build lacks"
+            )
+        self.softcap = float(softcap)
+        self.register_buffer(
+            "alibi_slopes",
+            None if alibi_slopes is None else torch.as_tensor(alibi_slopes, dtype=torch.float32),
+        )
 
     def prepare(self, *seq_lens: int, device=None) -> SparseAttention:
         """Build (and move to `device`) the layouts for these lengths now, e.g. before
@@ -93,10 +157,21 @@ class SparseAttention(nn.Module):
     def layout(self, seq_len: int) -> Layout:
         return self.layouts.get(seq_len)
 
-    def forward(self, q, k, v, *, text_lens=None, key_lens=None):
+    def forward(self, q, k, v, *, text_lens=None, key_lens=None, attention_mask=None):
         lay = self.layouts.get(k.shape[2], k.device)
+        extra = {}
+        if attention_mask is not None:
+            if key_lens is not None:
+                raise ValueError("give key_lens or attention_mask, not both")
+            starts, key_lens = padding_bounds(attention_mask, k.shape[0], k.shape[2])
+            if starts is not None:
+                extra["key_starts"] = starts
+        if self.softcap:
+            extra["softcap"] = self.softcap
+        if self.alibi_slopes is not None:
+            extra["alibi_slopes"] = self.alibi_slopes
         return sparse_attention(
-            q, k, v, lay, scale=self.scale, text_lens=text_lens, key_lens=key_lens
+            q, k, v, lay, scale=self.scale, text_lens=text_lens, key_lens=key_lens, **extra
         )
 
 
@@ -117,6 +192,8 @@ class SparseSelfAttention(nn.Module):
         bias: bool = False,
         scale: float | None = None,
         cache_size: int = 8,
+        softcap: float = 0.0,
+        alibi_slopes: torch.Tensor | None = None,
     ):
         super().__init__()
         kv_heads = heads if kv_heads is None else kv_heads
@@ -134,18 +211,23 @@ class SparseSelfAttention(nn.Module):
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.qkv = nn.Linear(dim, (heads + 2 * kv_heads) * head_dim, bias=bias)
         self.out = nn.Linear(heads * head_dim, dim, bias=bias)
-        self.attn = SparseAttention(layout_fn, scale=scale, cache_size=cache_size)
+        self.attn = SparseAttention(
+            layout_fn, scale=scale, cache_size=cache_size, softcap=softcap,
+            alibi_slopes=alibi_slopes,
+        )  # fmt: skip
 
     def prepare(self, *seq_lens: int, device=None) -> SparseSelfAttention:
         self.attn.prepare(*seq_lens, device=device)
         return self
 
-    def forward(self, x, *, text_lens=None, key_lens=None):
+    def forward(self, x, *, text_lens=None, key_lens=None, attention_mask=None):
         if x.dim() != 3:
             raise ValueError(f"x must be [batch, seq, dim], got {list(x.shape)}")
         B, L, _ = x.shape
         H, G, D = self.heads, self.kv_heads, self.head_dim
         qkv = self.qkv(x).view(B, L, H + 2 * G, D).transpose(1, 2)  # [B, H + 2G, L, D] view
         q, k, v = qkv[:, :H], qkv[:, H : H + G], qkv[:, H + G :]
-        o = self.attn(q, k, v, text_lens=text_lens, key_lens=key_lens)
+        o = self.attn(
+            q, k, v, text_lens=text_lens, key_lens=key_lens, attention_mask=attention_mask
+        )
         return self.out(o.transpose(1, 2).reshape(B, L, H * D))

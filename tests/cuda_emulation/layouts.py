@@ -64,7 +64,15 @@ def write_all(out: Path) -> list[str]:
     dump(sliding_window(150, 37, prefix=5).last_queries(41), out / "chunk_window_155_41.bin")
     dump(causal(100, prefix=7), out / "gqa_causal_107.bin")
     dump(sliding_window(190, 50, prefix=9).last_queries(130), out / "gqa_chunk_window_199_130.bin")
+    # flash-attn's non-causal chunks (vilg.flash_attn): queries that see keys after their own
+    # position (cross-attention, a window reaching right)
+    from vilg.flash_attn import _build_layout
+
+    dump(_build_layout(40, 150, -1, -1), out / "flash_cross_150_40.bin")
+    dump(_build_layout(33, 90, 10, 7), out / "flash_window_90_33.bin")
     extra = [
+        "flash_cross_150_40",
+        "flash_window_90_33",
         "chunk_causal_203_70",
         "chunk_window_155_41",
         "gqa_causal_107",

@@ -7,19 +7,20 @@
 
 `register` adds an attention function (and a matching mask function) through transformers'
 public `AttentionInterface` / `AttentionMaskInterface`. The layout decides which keys each
-query sees, in place of the model's own mask; a 2-D padding `attention_mask` (right padding)
-becomes per-sample key lengths. Queries may be fewer than keys with a KV cache (chunked
-prefill: the layout of the key length, its last rows; causal layouts only), but each new
-cache length builds a layout, so decode in chunks, not token by token. GQA models pass fewer
-k/v heads, which the kernels read without repeating them.
+query sees, in place of the model's own mask (a `sliding_window` the model passes is not
+read: give the layout); a 2-D padding `attention_mask`, left- or right-padded, becomes
+per-sample key bounds (left padding needs the kernels' key_starts), and any other mask is an
+error. Queries may be fewer than keys with a KV cache (chunked prefill: the layout of the key
+length, its last rows; causal layouts only), but each new cache length builds a layout, so
+decode in chunks, not token by token. GQA models pass fewer k/v heads, which the kernels read
+without repeating them. Soft-capping models (Gemma 2 / 3 pass `softcap`) and an
+`alibi_slopes` keyword ([heads] or [batch, heads]) reach the kernels' score modifiers.
 """
 
 from __future__ import annotations
 
-import torch
-
 from vilg.layouts import Layout
-from vilg.nn import LayoutCache, LayoutFn
+from vilg.nn import HAS_MODIFIERS, LayoutCache, LayoutFn, padding_bounds
 from vilg.ops.attention import sparse_attention
 
 
@@ -27,24 +28,6 @@ def _padding_mask(batch_size, q_length, kv_length, *args, attention_mask=None, *
     """Mask function for the model's mask builder: instead of an L x L mask (the layout is
     the pattern), hand the 2-D padding mask through, or None without padding."""
     return attention_mask
-
-
-def _key_lens(attention_mask, batch: int, kv_length: int) -> torch.Tensor | None:
-    if attention_mask is None:
-        return None
-    m = attention_mask
-    if m.dim() != 2 or m.shape[0] != batch or m.shape[1] != kv_length:
-        raise ValueError(
-            "vilg attention takes a 2-D [batch, seq] padding mask (the layout is the pattern), "
-            f"got shape {list(m.shape)}; 4-D masks are not supported"
-        )
-    m = m.bool() if m.dtype != torch.bool else m
-    lens = m.sum(-1)
-    if not torch.compiler.is_compiling() and not m.is_cuda:  # eager check: right padding only
-        expect = torch.arange(kv_length, device=m.device)[None, :] < lens[:, None]
-        if not torch.equal(m, expect):
-            raise ValueError("vilg attention supports right padding only (ones, then zeros)")
-    return lens
 
 
 def make_attention_function(layout_fn: Layout | LayoutFn, cache_size: int = 8):
@@ -62,9 +45,24 @@ def make_attention_function(layout_fn: Layout | LayoutFn, cache_size: int = 8):
         L = key.shape[2]
         if Lq > L:
             raise ValueError(f"vilg attention needs at most as many queries as keys, got {Lq}, {L}")
-        lens = _key_lens(attention_mask, B, L)
+        extra = {}
+        lens = None
+        if attention_mask is not None:
+            starts, lens = padding_bounds(attention_mask, B, L)
+            if starts is not None:
+                extra["key_starts"] = starts
+        softcap = kwargs.get("softcap")
+        if softcap:  # Gemma 2 / 3: attn_logit_softcapping (None or 0: off)
+            extra["softcap"] = float(softcap)
+        if kwargs.get("alibi_slopes") is not None:
+            extra["alibi_slopes"] = kwargs["alibi_slopes"]
+        if ("softcap" in extra or "alibi_slopes" in extra) and not HAS_MODIFIERS:
+            raise NotImplementedError(
+                "this model soft-caps its scores or uses ALiBi, which needs the kernels' score "
+                "modifiers; this build of vilg lacks them"
+            )
         lay = layouts.get(L, query.device)  # fewer queries: sparse_attention takes its last rows
-        out = sparse_attention(query, key, value, lay, scale=scaling, key_lens=lens)
+        out = sparse_attention(query, key, value, lay, scale=scaling, key_lens=lens, **extra)
         return out.transpose(1, 2), None
 
     vilg_attention.layouts = layouts
