@@ -61,7 +61,8 @@ assert tuple(s[0] for s in SIZES_EN) == tuple(shapes.SIZES)
 
 
 def _pick(options, rng):
-    return options[0] if rng is None else options[int(rng.integers(len(options)))]
+    # one draw per choice point, however many options it has (rng.integers(1) draws nothing)
+    return options[0] if rng is None else options[int(rng.random() * len(options))]
 
 
 def render(objs, lang: str, rng: np.random.Generator | None = None) -> str:
