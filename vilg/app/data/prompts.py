@@ -235,7 +235,7 @@ def corpus(scenes, rng: np.random.Generator) -> list[str]:
     """Every synonym of the grammar once, then one random wording per scene and language: the
     text tokenizer's share of the grammar."""
     out = [" ".join(w for table in (SIZES_EN, CELLS_EN) for t in table for w in t)]
-    out.append(" ".join(w for t in CELLS_ZH for w in t) + "".join(SEPS_ZH) + "在是")
+    out.append("".join(w for t in CELLS_ZH for w in t) + "".join(SEPS_ZH) + "在是")
     out.append("there is " + " ".join(PREPS_EN))
     for scene in scenes:
         for lang in shapes.LANGS:

@@ -45,14 +45,14 @@ def eval_prompts(scenes, lang: str, kind: str, seed: int = 0) -> list[str]:
     "shuffled" (canonical wording, objects in a random order other than the cell order when
     there are two or more) or "paraphrased" (a random order and a random non-canonical wording
     of the prompt grammar)."""
+    if kind not in PROMPT_KINDS:
+        raise ValueError(f"unknown prompt kind {kind!r}; expected one of {PROMPT_KINDS}")
     if kind == "canonical":
         return [shapes.caption(sc, lang) for sc in scenes]
     rng = np.random.default_rng([seed, 78, PROMPT_KINDS.index(kind), shapes.LANGS.index(lang)])
     if kind == "shuffled":
         return [prompts.render(prompts.shuffled(sc, rng, differ=True), lang) for sc in scenes]
-    if kind == "paraphrased":
-        return [prompts.paraphrased(sc, lang, rng) for sc in scenes]
-    raise ValueError(f"unknown prompt kind {kind!r}; expected one of {PROMPT_KINDS}")
+    return [prompts.paraphrased(sc, lang, rng) for sc in scenes]
 
 
 def eval_text2image(
