@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import thread_note, write_results  # noqa: E402
 
-from vilg.app.data import shapes  # noqa: E402
+from vilg.app.data import prompts  # noqa: E402
 from vilg.app.data.pool import shapes_pool  # noqa: E402
 from vilg.app.data.text_tokenizer import TextTokenizer  # noqa: E402
 from vilg.app.model.transformer import GPTConfig, UnifiedTransformer  # noqa: E402
@@ -46,7 +46,7 @@ def make_trainers(n_scenes: int, out: Path) -> dict:
     d, g = preset["data"], preset["generator"]
     pool = shapes_pool("train", n_scenes, 0, d["image_size"], d["train_count_probs"])
     val = shapes_pool("val", 16, 0, d["image_size"])
-    tok = TextTokenizer.train(shapes.all_corpus_text(0, 2000))
+    tok = TextTokenizer.train(prompts.corpus_text(0, 2000))
     grid, vocab = (3, 3), preset["vq"]["model"]["codebook_size"]
     codes = torch.randint(vocab, (len(pool), 9))
     val_codes = torch.randint(vocab, (len(val), 9))

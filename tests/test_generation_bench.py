@@ -1,5 +1,5 @@
 """bench/generation.py on a tiny model: every CPU mode runs, the JSON holds the fields the
-README quotes, and the vilg modes produce the same tokens as the checked-op loop."""
+benchmarks page renders, and the vilg modes produce the same tokens as the checked-op loop."""
 
 import json
 import sys

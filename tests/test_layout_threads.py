@@ -1,43 +1,52 @@
-"""Layout builds run on one torch thread, a process-wide setting: builds from several Python
-threads must not leave the process on one thread."""
+"""Layout builds leave torch's process-wide thread count alone, and keep each mask evaluation
+under torch's intra-op grain size, so that its small ops run on the calling thread."""
 
 import threading
 
+import pytest
 import torch
 
-from vilg.layouts import Layout
+from vilg.layouts import Layout, ernie_vilg
 
 
-def test_interleaved_builds_restore_the_thread_count():
-    # B starts inside A's build and ends after it: without one build at a time, B saves the
-    # "1" that A set and restores it last
-    a_in, b_in, a_done = threading.Event(), threading.Event(), threading.Event()
-    seen = []
+def test_build_never_sets_the_thread_count(monkeypatch):
+    def refuse(n):
+        raise AssertionError(f"a layout build called torch.set_num_threads({n})")
 
-    def mod_a(q, k):
-        seen.append(torch.get_num_threads())
-        a_in.set()
-        b_in.wait(0.3)  # one build at a time: B cannot start, this times out
-        return k <= q
+    monkeypatch.setattr(torch, "set_num_threads", refuse)
+    before = torch.get_num_threads()
+    Layout.from_mask_mod(lambda q, k: k <= q, 700)
+    ernie_vilg("conv", 64, (32, 32))
+    assert torch.get_num_threads() == before
 
-    def mod_b(q, k):
-        b_in.set()
-        a_done.wait(2.0)
-        return k <= q
 
-    def build_a():
-        Layout.from_mask_mod(mod_a, 100)
-        a_done.set()
+@pytest.mark.parametrize("block", [16, 32, 64, 128])
+def test_mask_pieces_stay_under_the_grain_size(block):
+    sizes = []
 
-    def build_b():
-        a_in.wait(2.0)
-        Layout.from_mask_mod(mod_b, 100)
+    def mod(q, k):
+        sizes.append(q.shape[0] * k.shape[1])
+        return (k <= q) & (q - k < 300)
 
-    torch.set_num_threads(2)
-    workers = [threading.Thread(target=build_a), threading.Thread(target=build_b)]
+    lay = Layout.from_mask_mod(mod, 1500, block_size=block)
+    assert sizes and max(sizes) < 32768
+    ref = Layout.from_dense(lay.dense_mask(), block_size=block)
+    assert torch.equal(lay.dense_mask(), ref.dense_mask())
+    assert lay.num_tiles == ref.num_tiles and lay.num_partial == ref.num_partial
+
+
+def test_concurrent_builds_agree():
+    out = {}
+
+    def build(i):
+        out[i] = Layout.from_mask_mod(lambda q, k: (q - k).abs() <= 40 + i, 400)
+
+    workers = [threading.Thread(target=build, args=(i,)) for i in range(4)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    assert seen and set(seen) == {1}  # the builds do run on one thread
-    assert torch.get_num_threads() == 2
+    for i, lay in out.items():
+        idx = torch.arange(400)
+        want = (idx[:, None] - idx[None, :]).abs() <= 40 + i
+        assert torch.equal(lay.dense_mask(), want)

@@ -1,22 +1,20 @@
-"""A library of attention patterns as `Layout`s (re-exported by `vilg.layouts`).
+"""A library of attention patterns as `Layout`s (all re-exported by `vilg.layouts`).
 
 Every builder returns a Layout whose dense mask is the pattern exactly; `prefix=N` prepends N
 global tokens (a CLS token, a text prompt) that every query sees and that see everything, and
 `text_lens` then pads them per sample. Tiles are 64 x 64 by default (the CUDA kernels need 64,
-and the CPU kernels are fastest per visited entry there: 16 / 32 / 128 cost 2.3x / 1.75x /
-1.3x per entry on the 2-core development machine); what each pattern chooses is the *order*
-of tokens inside the tiles, so that visited tiles are as full as possible (`Layout.fill`).
+and the CPU kernels spend the least per visited entry there, their microkernels being cut for
+it); what each pattern chooses is the *order* of tokens inside the tiles, so that visited tiles
+are as full as possible (`Layout.fill`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from vilg.layouts import Layout
+from vilg.layout import Layout
 
 __all__ = [
     "axial",
@@ -59,8 +57,6 @@ def _make(
     """Layout over [prefix | n pattern tokens]; `mask_mod`, `perm` and `key_hint` (see
     vilg.layouts.KeyHint: the pattern positions its queries may attend, a superset) index the
     pattern part."""
-    from vilg.layouts import Layout  # vilg.layouts re-exports this module: import late
-
     prefix = _pos_int(prefix, "prefix", 0)
     bs = 64 if block_size is None else block_size
     if prefix:

@@ -10,7 +10,6 @@ import torch
 
 from vilg.app.data import prompts, shapes
 from vilg.app.eval import evaluate
-from vilg.app.train.stages import caption_pair
 
 
 def three_object_scenes(n=40):
@@ -53,7 +52,7 @@ def test_every_wording_parses_back_to_its_objects_in_order(lang):
         objs = prompts.shuffled(scene, rng)
         text = prompts.render(objs, lang, rng)
         assert prompts.parse(text) == (objs, lang), text
-        assert shapes.parse_caption(text) == (scene, lang)
+        assert prompts.parse_caption(text) == (scene, lang)
         seen.update(text.replace(",", " , ").split() if lang == "en" else [text])
     if lang == "en":  # every synonym of the grammar was drawn
         words = {w for t in prompts.SIZES_EN + prompts.CELLS_EN for s in t for w in s.split()}
@@ -106,7 +105,7 @@ def test_hard_negative_shares_order_and_wording(lang):
     rng = np.random.default_rng(0)
     orders = set()
     for scene in three_object_scenes(200):
-        pos, neg = caption_pair(scene, lang, rng)
+        pos, neg = prompts.caption_pair(scene, lang, rng)
         (a, _), (b, _) = prompts.parse(pos), prompts.parse(neg)
         assert sorted(a) == list(scene)
         diff = [
@@ -180,7 +179,7 @@ def test_text2image_breakdown_by_prompt_kind():
         para = evaluate.eval_prompts(scenes, lang, "paraphrased", seed=1)
         assert shuf == evaluate.eval_prompts(scenes, lang, "shuffled", seed=1)  # seeded
         for sc, c, s, p in zip(scenes, canon, shuf, para):
-            assert shapes.parse_caption(s) == shapes.parse_caption(p) == (sc, lang)
+            assert prompts.parse_caption(s) == prompts.parse_caption(p) == (sc, lang)
             assert (s != c) == (len(sc) > 1) and p != c
     with pytest.raises(ValueError, match="prompt kind"):
         evaluate.eval_prompts(scenes, "en", "reversed")

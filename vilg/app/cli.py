@@ -18,8 +18,8 @@ _PRESET_HELP = (
 def _threads(n: int | None) -> None:
     import torch
 
-    # default: every core this process may use (a demo generator step on 2 cores measured
-    # 1.7x faster with 2 threads than with 1); --threads 1 suits a shared machine
+    # default: every core this process may use; --threads 1 suits a shared machine, where a
+    # thread team waits for its slowest member on a busy core
     if not n:
         aff = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere all cores
         n = len(aff(0)) if aff else os.cpu_count() or 1
@@ -54,7 +54,7 @@ def cmd_train(args) -> int:
     preset = get_preset(args.preset, args.set)
     stages = args.stages.split(",")
     dist = None
-    if args.distributed:  # under torchrun: see README "Multi-GPU / multi-node"
+    if args.distributed:  # under torchrun: see docs/distributed.md
         from vilg.app.train import distributed
 
         dist = distributed.init(args.distributed, cpu_offload=args.cpu_offload)
@@ -106,11 +106,11 @@ def _shapes_prompt(run: str, prompt: str):
     and a message) when the prompt is outside the prompt grammar (docs/prompts.md), naming the
     closest prompt inside it when there is one. Any object order and any of the grammar's
     wordings is taken without a warning."""
-    from vilg.app.data import prompts, shapes
+    from vilg.app.data import prompts
 
     if not _trained_on_shapes(run):
         return None, None
-    parsed = shapes.parse_caption(prompt)
+    parsed = prompts.parse_caption(prompt)
     if parsed is not None:
         return parsed[0], None
     near = prompts.closest(prompt)

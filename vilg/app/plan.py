@@ -48,7 +48,7 @@ import torch
 
 from vilg.app.model.transformer import DIRS, I2T, T2I, VQA, GPTConfig, UnifiedTransformer
 from vilg.app.model.vqgan import VQGAN
-from vilg.app.train.run import generator_config, vq_config
+from vilg.app.train.recipe import generator_config, vq_config
 from vilg.layouts import ernie_vilg
 from vilg.profile.measure import ATTN_FLOPS_PER_ENTRY, DATASHEET, attention_entries
 

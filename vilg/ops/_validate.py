@@ -55,7 +55,7 @@ def cuda_built() -> None:
     if not _has_cuda_kernels():
         raise RuntimeError(
             "got CUDA tensors, but this build of vilg has no CUDA kernels: reinstall with nvcc "
-            "on the PATH (see README, 'Building')"
+            "on the PATH (see the docs, 'Building from source and building wheels')"
         )
     _require_driver()
 
@@ -97,48 +97,6 @@ def key_lens(lens, batch: int, layout, device: torch.device) -> torch.Tensor | N
     if lens is None:
         return None
     return text_lens(lens, batch, layout.seq_len, device, name="key_lens")
-
-
-def key_order_layout(layout):
-    """The layout to run with key_lens: `layout`, or its sequence-order twin when it permutes
-    (built on the eager path; under torch.compile only one built before is used)."""
-    if layout.kernel_perm is None:
-        return layout
-    if torch.compiler.is_compiling():
-        hit = layout._chunks.get(0)
-        if hit is None:
-            raise ValueError(
-                "key_lens with a permuted layout runs its sequence-order twin: under "
-                "torch.compile call layout.sequence_order() once before compiling"
-            )
-        return hit
-    return layout.sequence_order()
-
-
-def chunk_layout(q, k, layout):
-    """The layout for q against k: `layout` itself, or, when q has fewer positions than k and
-    the layout is square, its rectangular `last_queries(q_len)` (built on the eager path;
-    under torch.compile only one built before is used)."""
-    from vilg.layouts import Layout
-
-    if not isinstance(layout, Layout) or not isinstance(q, torch.Tensor):
-        return layout  # attention() says what is wrong
-    if not isinstance(k, torch.Tensor) or q.dim() != 4 or k.dim() != 4:
-        return layout
-    q_len = q.shape[2]
-    if q_len == layout.q_len or layout.is_rectangular or k.shape[2] != layout.seq_len:
-        return layout
-    if not 0 < q_len < layout.seq_len:
-        return layout  # attention() names the mismatch
-    if torch.compiler.is_compiling():  # only a chunk layout built before (no build traced)
-        hit = layout._chunks.get(int(q_len))
-        if hit is None:
-            raise ValueError(
-                f"q has {q_len} positions, k {layout.seq_len}: under torch.compile pass "
-                f"layout.last_queries({q_len}) (built once, before compiling) as the layout"
-            )
-        return hit
-    return layout.last_queries(int(q_len))
 
 
 def attention(q, k, v, layout) -> int:

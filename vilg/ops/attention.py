@@ -202,7 +202,12 @@ def sparse_attention(
     [batch, heads, seq] (-inf for a query with no allowed key, whose output is 0).
     Works under torch.compile(fullgraph=True).
     """
-    layout = _validate.chunk_layout(q, k, layout)
+    if (
+        isinstance(layout, Layout)
+        and all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in (q, k))
+        and k.shape[2] == layout.seq_len  # else validation names the mismatch
+    ):
+        layout = layout.for_call(q.shape[2], sequence_order=key_lens is not None)
     _validate.attention(q, k, v, layout)
     B = q.shape[0]
     if scale is None:  # int(): the head dim is static even under dynamic shapes
@@ -213,7 +218,6 @@ def sparse_attention(
     if key_lens is not None:
         if text_lens is not None:
             raise ValueError("give text_lens or key_lens, not both")
-        layout = _validate.key_order_layout(layout)  # key lengths cut the sequence order
         text_start, text_len = 0, layout.seq_len  # the "text" segment is then the whole sequence
         lens = _validate.key_lens(key_lens, B, layout, q.device)
     else:

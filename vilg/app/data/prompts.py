@@ -197,6 +197,12 @@ def parse(text: str) -> tuple[list, str] | None:
     return objs, lang
 
 
+def parse_caption(text: str) -> tuple[tuple, str] | None:
+    """(scene, language): `parse` with the objects sorted into a scene (cell order)."""
+    parsed = parse(text)
+    return None if parsed is None else (tuple(sorted(parsed[0])), parsed[1])
+
+
 def closest(text: str) -> tuple[list, str, str] | None:
     """For a prompt outside the grammar: (objects, language, the nearest in-grammar prompt)
     when every part names a colour, a shape and a cell (misspelt English words are matched to
@@ -231,6 +237,13 @@ def closest(text: str) -> tuple[list, str, str] | None:
     return objs, lang, render(objs, lang)
 
 
+def corpus_text(seed: int = 0, n: int = 2000) -> list[str]:
+    """The text tokenizer's training corpus for the shapes data: captions and questions of n
+    train scenes (`shapes.all_corpus_text`) and the prompt grammar's wordings."""
+    scenes = [shapes.sample_scene("train", seed, i)[0] for i in range(n)]
+    return shapes.all_corpus_text(seed, n) + corpus(scenes, np.random.default_rng([seed, 31]))
+
+
 def corpus(scenes, rng: np.random.Generator) -> list[str]:
     """Every synonym of the grammar once, then one random wording per scene and language: the
     text tokenizer's share of the grammar."""
@@ -241,3 +254,41 @@ def corpus(scenes, rng: np.random.Generator) -> list[str]:
         for lang in shapes.LANGS:
             out.append(render(shuffled(scene, rng), lang, rng))
     return out
+
+
+# ----------------------------------------------------------------------------- training pairs
+
+
+def perturb_objects(objs, rng: np.random.Generator) -> list:
+    """The objects, in their order, with one attribute (shape, colour, size or cell) of one
+    object changed: a hard negative for the matcher."""
+    objs = list(objs)
+    k = int(rng.integers(len(objs)))
+    o = objs[k]
+    attr = int(rng.integers(4))
+    if attr == 0:
+        o = shapes.Obj(o.cell, (o.shape + 1 + int(rng.integers(3))) % 4, o.color, o.size)
+    elif attr == 1:
+        o = shapes.Obj(o.cell, o.shape, (o.color + 1 + int(rng.integers(7))) % 8, o.size)
+    elif attr == 2:
+        o = shapes.Obj(o.cell, o.shape, o.color, 1 - o.size)
+    else:
+        free = [c for c in range(9) if c not in {p.cell for p in objs}]
+        o = shapes.Obj(free[int(rng.integers(len(free)))], o.shape, o.color, o.size)
+    objs[k] = o
+    return objs
+
+
+def caption_pair(
+    scene, lang: str, rng: np.random.Generator, shuffle: bool = True, paraphrase: float = 0.5
+) -> tuple[str, str]:
+    """A training caption of the scene (random order and, with probability `paraphrase`, a
+    random wording) and its hard negative: one attribute changed, same order and wording, so
+    that neither order nor wording tells the two apart."""
+    objs = shuffled(scene, rng) if shuffle else list(scene)
+    wording = int(rng.integers(2**32)) if rng.random() < paraphrase else None
+
+    def say(o):
+        return render(o, lang, None if wording is None else np.random.default_rng(wording))
+
+    return say(objs), say(perturb_objects(objs, rng))

@@ -1,4 +1,4 @@
-"""The built-in bilingual captioned-shapes dataset (see shared/specs/shapes.md).
+"""The built-in bilingual captioned-shapes dataset (defined in docs/specification.md).
 
 Every sample is a pure function of (split, seed, index): a scene is drawn from a generator
 seeded with those numbers, and a split is assigned by hashing the scene itself, so that
@@ -178,16 +178,6 @@ def caption(scene: Scene, lang: str = "en") -> str:
     raise ValueError(f"unknown language {lang!r}; expected 'en' or 'zh'")
 
 
-def parse_caption(text: str) -> tuple[Scene, str] | None:
-    """(scene, language) when `text` follows the prompt grammar of either language (objects in
-    any order and any of the wordings of `vilg.app.data.prompts`, each in a different cell),
-    else None."""
-    from vilg.app.data import prompts
-
-    parsed = prompts.parse(text)
-    return None if parsed is None else (tuple(sorted(parsed[0])), parsed[1])
-
-
 QUESTION_KINDS = ("color", "shape", "where", "count", "exists")
 
 
@@ -235,20 +225,16 @@ def question(scene: Scene, kind: str, lang: str, rng: np.random.Generator) -> tu
 
 
 def all_corpus_text(seed: int = 0, n: int = 2000) -> list[str]:
-    """Captions and QA text of n train scenes in both languages, and the prompt grammar's
-    wordings (tokenizer training corpus)."""
-    from vilg.app.data import prompts
-
+    """Captions and QA text of n train scenes in both languages (tokenizer training corpus;
+    `prompts.corpus_text` adds the prompt grammar's wordings)."""
     out = []
-    scenes = []
     for i in range(n):
         scene, rng = sample_scene("train", seed, i)
-        scenes.append(scene)
         for lang in LANGS:
             out.append(caption(scene, lang))
             for kind in QUESTION_KINDS:
                 out.extend(question(scene, kind, lang, rng))
-    return out + prompts.corpus(scenes, np.random.default_rng([seed, 31]))
+    return out
 
 
 # ----------------------------------------------------------------------------- dataset

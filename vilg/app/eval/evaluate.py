@@ -97,7 +97,6 @@ def eval_matcher_order(pipe: Pipeline, images: torch.Tensor, scenes, lang: str, 
     shuffled and paraphrased prompts, and how often the true prompt beats a hard negative (one
     attribute changed) when the two come in different orders / wordings."""
     from vilg.app.data.sequences import pad
-    from vilg.app.train.stages import perturb_objects
 
     keep = [i for i, sc in enumerate(scenes) if len(sc) > 1]
     if pipe.matcher is None or not keep:
@@ -105,7 +104,7 @@ def eval_matcher_order(pipe: Pipeline, images: torch.Tensor, scenes, lang: str, 
     sub = [scenes[i] for i in keep]
     x = images[keep].to(pipe.device)
     rng = np.random.default_rng([seed, 79, shapes.LANGS.index(lang)])
-    negs = [prompts.render(perturb_objects(sc, rng), lang) for sc in sub]
+    negs = [prompts.render(prompts.perturb_objects(sc, rng), lang) for sc in sub]
 
     def scores(texts):
         ids, lens = pad([pipe.tok.encode(t) for t in texts], pipe.tok.pad_id)

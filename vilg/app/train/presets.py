@@ -34,8 +34,8 @@ PRESETS: dict[str, dict] = {
             "train": {"steps": 10, "batch_size": 8, "lr": 2e-3, "warmup": 2},
         },
     },
-    # the README's demo: measured 8:56-9:36 wall on 2 cores (2 threads) over six seeds,
-    # incl. eval + gallery
+    # the demo (docs/model-results.md): measured 8:56-9:36 wall on 2 cores (2 threads) over
+    # six seeds, incl. eval + gallery
     "demo": {
         "data": {
             "train_size": 20000,
@@ -43,7 +43,8 @@ PRESETS: dict[str, dict] = {
             "image_size": 48,
             # P(1, 2, 3 objects) of the training scenes (the benchmark draws 0.4 / 0.4 / 0.2).
             # With the benchmark's mix nearly every caption and VQA error was on 3-object
-            # scenes (exact captions 60-73% there, "where" 23-64%; now 75-97%), see the README
+            # scenes (exact captions 60-73% there, "where" 23-64%; now 75-97%), see
+            # docs/model-results.md
             "train_count_probs": [0.25, 0.35, 0.4],
         },
         "vq": {
@@ -77,8 +78,8 @@ PRESETS: dict[str, dict] = {
             # captions and text->image are learnt first; from a quarter of the way on, the
             # batch turns to VQA (64 question rows) with half the t2i rows kept as rehearsal.
             # Measured on one image tokenizer: VQA 92/94% en/zh against 77-86% with the
-            # constant mix, exact captions 89.5/90% against 88-96% (see the README for the
-            # run-to-run spread and the variants tried)
+            # constant mix, exact captions 89.5/90% against 88-96% (see docs/model-results.md
+            # for the run-to-run spread and the variants tried)
             # "where" and "is there" need the model to find an object by colour and shape,
             # the slowest lookup to form (with the counts above alone, "is there" stayed near
             # chance in two of five runs); count is learnt almost at once
@@ -132,7 +133,7 @@ def _merged(base: dict, changes: dict) -> dict:
 
 # the longer recipe: the demo's architecture and task mix, more scenes, 7000 generator steps;
 # measured 13:35 wall for `vilg train --preset long` on 2 cores (2 threads), images 100%,
-# captions 98.2-98.4%, VQA 100% (see the README)
+# captions 98.2-98.4%, VQA 100% (docs/model-results.md)
 PRESETS["long"] = _merged(
     PRESETS["demo"],
     {
@@ -242,7 +243,7 @@ PRESETS["grid32-small"] = {
 # 28.9 dB, the detector reads 99.7% of its reconstructions right. The generator is
 # under-trained: the same run continued to 2400 generator steps (+11:11 wall, 7:43 CPU)
 # measured 50% / 54% at temperature 1 and 58% / 60% at 0.3. No caption or VQA rows: those
-# scores are 0 (bench/results/shapes16-cpu-2026-11-30.json, README)
+# scores are 0 (bench/results/shapes16-cpu-2026-11-30.json, docs/model-results.md)
 PRESETS["shapes16"] = {
     "data": {
         "train_size": 20000,

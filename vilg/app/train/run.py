@@ -22,14 +22,20 @@ import numpy as np
 import torch
 
 from vilg.app import checkpoint as ckpt
-from vilg.app.data import prompts, shapes
-from vilg.app.data.pool import Pool, shapes_pool
+from vilg.app.data import prompts
 from vilg.app.data.text_tokenizer import TextTokenizer
-from vilg.app.data.user import user_pool
 from vilg.app.model.matcher import Matcher, MatcherConfig
-from vilg.app.model.transformer import GPTConfig, UnifiedTransformer
-from vilg.app.model.vqgan import VQGAN, VQConfig
+from vilg.app.model.transformer import UnifiedTransformer
+from vilg.app.model.vqgan import VQGAN
 from vilg.app.train import distributed as D
+from vilg.app.train.recipe import (
+    build_pools,
+    corpus,
+    generator_config,
+    train_config,
+    vq_config,
+)
+from vilg.app.train.shards import is_prepared, train_from_prepared
 from vilg.app.train.stages import (
     EndToEndTrainer,
     GeneratorTrainer,
@@ -37,76 +43,12 @@ from vilg.app.train.stages import (
     VQTrainer,
     encode_pool,
 )
-from vilg.app.train.trainer import TrainConfig
 
 STAGES = ("vq", "matcher", "generator", "end2end")
 
 
 def _done(d: Path) -> bool:
     return (d / "model.safetensors").exists() and (d / "config.json").exists()
-
-
-def build_pools(preset: dict, data: str | None, seed: int) -> tuple[Pool, Pool]:
-    d = preset["data"]
-    if data is None:
-        return (
-            # training may lean on the harder many-object scenes; val keeps the benchmark's mix
-            shapes_pool(
-                "train",
-                d["train_size"],
-                seed,
-                d["image_size"],
-                d.get("train_count_probs", shapes.COUNT_PROBS),
-            ),
-            shapes_pool("val", d["val_size"], seed, d["image_size"]),
-        )
-    pool = user_pool(data, d["image_size"], limit=d["train_size"] + d["val_size"])
-    nv = min(d["val_size"], max(1, len(pool) // 10))
-    split = len(pool) - nv
-
-    def mk(sl):
-        return Pool(pool.images[sl], {"raw": pool.texts["raw"][sl]}, None, pool.stats)
-
-    return mk(slice(0, split)), mk(slice(split, None))
-
-
-def train_config(preset: dict, stage: str, seed: int, progress: bool = True) -> TrainConfig:
-    """A stage's TrainConfig; end2end fine-tunes the generator, so it takes the generator's
-    recipe with any end2end.train.* entries on top."""
-    train = (
-        preset[stage]["train"]
-        if stage != "end2end"
-        else {
-            **preset["generator"]["train"],
-            **preset.get("end2end", {}).get("train", {}),
-        }
-    )
-    return TrainConfig(**{**train, "seed": seed, "progress": progress})
-
-
-def vq_config(preset: dict) -> VQConfig:
-    return VQConfig(image_size=preset["data"]["image_size"], **preset["vq"]["model"])
-
-
-def generator_config(
-    preset: dict, vq_cfg: VQConfig, text_vocab: int, text_len: int, stage: str = "generator"
-) -> GPTConfig:
-    """The generator of a preset; `vilg plan` builds the same one without data."""
-    return GPTConfig(
-        text_vocab=text_vocab,
-        image_vocab=vq_cfg.codebook_size,
-        text_len=text_len,
-        grid=vq_cfg.grid,
-        code_dim=vq_cfg.code_dim if stage == "end2end" else 0,
-        **preset["generator"]["model"],
-    )
-
-
-def corpus(pool: Pool, seed: int) -> list[str]:
-    texts = [t for caps in pool.texts.values() for t in caps]
-    if pool.scenes is not None:  # questions / answers of the shapes data too
-        texts += shapes.all_corpus_text(seed, 2000)
-    return texts
 
 
 def train_run(
@@ -126,8 +68,6 @@ def train_run(
     for s in stages:
         if s not in STAGES:
             raise ValueError(f"unknown stage {s!r}; expected some of {STAGES}")
-    from vilg.app.train.shards import is_prepared, train_from_prepared
-
     if is_prepared(data):  # codes prepared by `vilg prepare`: the generator stage streams them
         if set(stages) - {"vq", "matcher", "generator"} or "generator" not in stages:
             raise ValueError("prepared shards feed the generator stage only (--stages generator)")

@@ -30,6 +30,7 @@ from vilg.app.data.pool import Pool
 from vilg.app.data.text_tokenizer import TextTokenizer
 from vilg.app.model.vqgan import VQGAN, VQConfig
 from vilg.app.train import distributed as D
+from vilg.app.train.recipe import build_pools, train_config
 from vilg.app.train.stages import GeneratorTrainer
 
 MARKER = "prepared.json"
@@ -59,8 +60,6 @@ def _source_samples(preset: dict, data: str | None, seed: int, workers: int):
     size = preset["data"]["image_size"]
     stats: Counter = Counter()
     if data is None:  # the built-in shapes scenes: the same splits as `vilg train`
-        from vilg.app.train.run import build_pools
-
         train, val = build_pools(preset, None, seed)
 
         def gen():
@@ -295,7 +294,6 @@ def train_from_prepared(
     import time
 
     from vilg.app.model.transformer import GPTConfig, UnifiedTransformer
-    from vilg.app.train.run import train_config
 
     out, data = Path(out), Path(data)
     info = ckpt.load_json(data / MARKER)

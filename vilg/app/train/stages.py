@@ -131,44 +131,9 @@ def evaluate_vq(model: VQGAN, val: Pool, device="cpu", n: int = 512) -> dict:
 # ------------------------------------------------------------------ matcher
 
 
-def perturb_objects(objs: list, rng: np.random.Generator) -> list:
-    """The objects, in their order, with one attribute (shape, colour, size or cell) of one
-    object changed."""
-    objs = list(objs)
-    k = int(rng.integers(len(objs)))
-    o = objs[k]
-    attr = int(rng.integers(4))
-    if attr == 0:
-        o = shapes.Obj(o.cell, (o.shape + 1 + int(rng.integers(3))) % 4, o.color, o.size)
-    elif attr == 1:
-        o = shapes.Obj(o.cell, o.shape, (o.color + 1 + int(rng.integers(7))) % 8, o.size)
-    elif attr == 2:
-        o = shapes.Obj(o.cell, o.shape, o.color, 1 - o.size)
-    else:
-        free = [c for c in range(9) if c not in {p.cell for p in objs}]
-        o = shapes.Obj(free[int(rng.integers(len(free)))], o.shape, o.color, o.size)
-    objs[k] = o
-    return objs
-
-
 def perturb_caption(scene, lang: str, rng: np.random.Generator) -> str:
     """The canonical caption with one attribute of one object changed."""
-    return shapes.caption(tuple(sorted(perturb_objects(scene, rng))), lang)
-
-
-def caption_pair(
-    scene, lang: str, rng: np.random.Generator, shuffle: bool = True, paraphrase: float = 0.5
-) -> tuple[str, str]:
-    """A training caption of the scene (random order and, with probability `paraphrase`, a
-    random wording) and its hard negative: one attribute changed, same order and wording, so
-    that neither order nor wording tells the two apart."""
-    objs = prompts.shuffled(scene, rng) if shuffle else list(scene)
-    wording = int(rng.integers(2**32)) if rng.random() < paraphrase else None
-
-    def say(o):
-        return prompts.render(o, lang, None if wording is None else np.random.default_rng(wording))
-
-    return say(objs), say(perturb_objects(objs, rng))
+    return shapes.caption(tuple(sorted(prompts.perturb_objects(scene, rng))), lang)
 
 
 class MatcherTrainer(Trainer):
@@ -202,7 +167,9 @@ class MatcherTrainer(Trainer):
             if pool.scenes is None:
                 caps.append(self.tok.encode(pool.texts[lang][i])[: self.model.cfg.text_len])
                 continue
-            pos, neg = caption_pair(pool.scenes[i], lang, rng, self.shuffle, self.paraphrase)
+            pos, neg = prompts.caption_pair(
+                pool.scenes[i], lang, rng, self.shuffle, self.paraphrase
+            )
             caps.append(self.tok.encode(pos)[: self.model.cfg.text_len])
             negs.append(self.tok.encode(neg)[: self.model.cfg.text_len])
         ids, lens = pad(caps, self.tok.pad_id)

@@ -60,7 +60,7 @@ class TrainConfig:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`auto`: bf16 on GPUs that have it, else fp16 on GPU; fp32 on CPU, where half-precision
-    matmuls without bf16 hardware run ~70x slower (measured on the 2-core dev machine)."""
+    matmuls without bf16 hardware fall back to slow scalar paths."""
     if precision != "auto":
         return precision
     if device.type != "cuda":
@@ -106,9 +106,20 @@ def set_rng_state(tensors: dict, meta: dict) -> None:
 
 
 class Trainer:
-    """Subclasses set self.model and implement `loss(step, micro) -> (loss, logs, n_samples)`;
-    optionally `evaluate() -> dict`, `extra_state()` / `load_extra_state()` and
-    `model_config() -> dict` (stored beside the weights), `parameters()` for the optimizer.
+    """The training loop of one stage: optimizer, mixed precision, gradient accumulation,
+    data-parallel wrapping (DDP / FSDP2 under torchrun), atomic checkpoints, resume and export.
+
+    `fit(stop_at=None, resume=True)` trains to `cfg.steps`, resuming from the last checkpoint
+    (`try_resume`), saving every `cfg.ckpt_every` steps (`save`) and writing the final weights
+    (`export`). A stage subclasses it, passes its model to `__init__`, and overrides:
+
+    - `loss(step, micro) -> (loss, logs, n_samples)` (required): one micro-batch;
+    - `evaluate() -> dict`: metrics logged every `cfg.eval_every` steps and at the end;
+    - `parameters()`: what the optimizer trains (default: every parameter that requires grad);
+    - `model_config() -> dict`: the config.json written beside the weights;
+    - `extra_state()` / `load_extra_state(state)`: more JSON state in each checkpoint;
+    - `extra_files()` / `load_extra_files(ckpt_dir)`: more files in each checkpoint;
+    - `after_step(step)`: after each optimizer step; `finish()`: after the last step.
     """
 
     name = "stage"
