@@ -140,6 +140,10 @@ def test_eval_writes_json(tiny_run, tmp_path):
         assert set(t) >= {"before_rerank", "after_rerank"}
         assert {"exact", "bleu4", "cider_d"} <= set(res[lang]["caption"])
         assert 0 <= res[lang]["vqa"]["accuracy"] <= 1
+        # text->image for canonical, shuffled and paraphrased prompts side by side
+        assert set(res[lang]["text2image_by_prompts"]) == {"canonical", "shuffled", "paraphrased"}
+        assert res[lang]["text2image_paraphrased"]["prompts_kind"] == "paraphrased"
+        assert "mean_abs_gap_shuffled" in res[lang]["matcher_order"]
     assert "psnr" in res["tokenizer"] and "perplexity" in res["tokenizer"]
 
 
