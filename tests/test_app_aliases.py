@@ -9,8 +9,16 @@ import pytest
 
 @pytest.mark.parametrize(
     "old",
-    ["vilg.model.stepper", "vilg.model.transformer", "vilg.train.presets", "vilg.data.shapes",
-     "vilg.eval.evaluate", "vilg.generate", "vilg.checkpoint", "vilg.cli"],
+    [
+        "vilg.model.stepper",
+        "vilg.model.transformer",
+        "vilg.train.presets",
+        "vilg.data.shapes",
+        "vilg.eval.evaluate",
+        "vilg.generate",
+        "vilg.checkpoint",
+        "vilg.cli",
+    ],
 )
 def test_old_path_is_the_same_module(old):
     new = old.replace("vilg.", "vilg.app.", 1)

@@ -15,7 +15,7 @@ def make_small_data(tok_path=None):
     from pathlib import Path
 
     from vilg.app.data.pool import shapes_pool
-    from vilg.app.data.shapes import all_corpus_text
+    from vilg.app.data.prompts import corpus_text
     from vilg.app.data.text_tokenizer import TextTokenizer
     from vilg.app.model.vqgan import VQConfig
 
@@ -25,7 +25,7 @@ def make_small_data(tok_path=None):
     if tok_path is not None and Path(tok_path).exists():
         tok = TextTokenizer.load(tok_path)
     else:
-        tok = TextTokenizer.train(all_corpus_text(0, 200))
+        tok = TextTokenizer.train(corpus_text(0, 200))
         if tok_path is not None:
             tok.save(tok_path)
     vq = VQGAN(VQConfig(image_size=48, patch=16, channels=(32,), codebook_size=32, code_dim=8))

@@ -70,10 +70,18 @@ def test_cli_commands_and_clear_errors(tiny_run, tmp_path, capsys):
         main(["generate", "a large red circle at the left top", "--run", run, "-o", str(out)]) == 0
     )
     io = capsys.readouterr()
-    assert "does not follow" in io.err and "detector_correct" not in json.loads(io.out)
-    swapped = "a small blue square at the center and a large red circle at the top left"
-    assert main(["generate", swapped, "-n", "1", "--run", run, "-o", str(out)]) == 0
-    assert "cell order" in capsys.readouterr().err
+    assert "closest: 'a large red circle at the top left'" in io.err
+    assert "detector_correct" not in json.loads(io.out)
+    assert main(["generate", "the red one", "--run", run, "-o", str(out)]) == 0
+    assert "does not follow" in capsys.readouterr().err  # nothing to suggest
+    # any object order and any wording of the grammar: no warning, and the detector's verdicts
+    for said in (
+        "a small blue square at the center and a large red circle at the top left",
+        "in the middle there is a little blue square, and a big red circle at the top-left",
+    ):
+        assert main(["generate", said, "-n", "1", "--run", run, "-o", str(out)]) == 0
+        io = capsys.readouterr()
+        assert "warning" not in io.err and "detector_correct" in json.loads(io.out)
     # a Chinese prompt in cell order typed with full-width punctuation is accepted as is
     zh = "左上方有一个大的红色圆形，中间有一个小的蓝色正方形"
     assert main(["generate", zh, "-n", "1", "--run", run, "-o", str(out)]) == 0
@@ -132,6 +140,10 @@ def test_eval_writes_json(tiny_run, tmp_path):
         assert set(t) >= {"before_rerank", "after_rerank"}
         assert {"exact", "bleu4", "cider_d"} <= set(res[lang]["caption"])
         assert 0 <= res[lang]["vqa"]["accuracy"] <= 1
+        # text->image for canonical, shuffled and paraphrased prompts side by side
+        assert set(res[lang]["text2image_by_prompts"]) == {"canonical", "shuffled", "paraphrased"}
+        assert res[lang]["text2image_paraphrased"]["prompts_kind"] == "paraphrased"
+        assert "mean_abs_gap_shuffled" in res[lang]["matcher_order"]
     assert "psnr" in res["tokenizer"] and "perplexity" in res["tokenizer"]
 
 

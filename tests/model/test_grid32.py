@@ -210,12 +210,12 @@ _TOK = {}
 def _pipeline(image_size):
     """An untrained tiny generator behind a VQGAN with the paper's f = 8 (a 2x2 stem, then two
     halvings of a conv trunk): 256 px gives the 32x32 grid."""
-    from vilg.app.data.shapes import all_corpus_text
+    from vilg.app.data.prompts import corpus_text
     from vilg.app.data.text_tokenizer import TextTokenizer
     from vilg.app.generate import Pipeline
 
     if "tok" not in _TOK:
-        _TOK["tok"] = TextTokenizer.train(all_corpus_text(0, 100), vocab_size=300)
+        _TOK["tok"] = TextTokenizer.train(corpus_text(0, 100), vocab_size=300)
     tok = _TOK["tok"]
     torch.manual_seed(5)
     vq = VQGAN(VQConfig(image_size=image_size, patch=2, channels=(8, 8, 16), token_kernel=3,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vilg.app.data import shapes
+from vilg.app.data import prompts, shapes
 from vilg.app.data.shapes import Obj, ShapesDataset, caption, render, sample_scene, scene_split
 
 
@@ -104,12 +104,12 @@ def test_parse_caption_inverts_caption_and_rejects_the_rest():
     for i in range(200):
         scene, _ = shapes.sample_scene("val", 3, i)
         for lang in shapes.LANGS:
-            assert shapes.parse_caption(shapes.caption(scene, lang)) == (scene, lang)
-    two = shapes.parse_caption(
+            assert prompts.parse_caption(shapes.caption(scene, lang)) == (scene, lang)
+    two = prompts.parse_caption(
         "A small blue square at the center and a large red circle at the top left"
     )
     assert two is not None and [o.cell for o in two[0]] == [0, 4]  # any order, sorted
-    assert shapes.parse_caption("左上方有一个大的红色圆形，中间有一个小的蓝色正方形")[1] == "zh"
+    assert prompts.parse_caption("左上方有一个大的红色圆形，中间有一个小的蓝色正方形")[1] == "zh"
     for bad in (
         "a large red circle at the moon",
         "a large red circle",
@@ -117,4 +117,4 @@ def test_parse_caption_inverts_caption_and_rejects_the_rest():
         " and ".join(["a large red circle at the top"] * 4),
         "",
     ):
-        assert shapes.parse_caption(bad) is None, bad
+        assert prompts.parse_caption(bad) is None, bad

@@ -1,16 +1,16 @@
 import pytest
 
-from vilg.app.data.shapes import all_corpus_text
+from vilg.app.data.prompts import corpus_text
 from vilg.app.data.text_tokenizer import PromptError, TextTokenizer
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return TextTokenizer.train(all_corpus_text(0, 300))
+    return TextTokenizer.train(corpus_text(0, 300))
 
 
 def test_round_trip_both_languages(tok):
-    for s in all_corpus_text(9, 100):
+    for s in corpus_text(9, 100):
         assert tok.decode(tok.encode(s, strict=True)) == s
 
 

@@ -122,8 +122,10 @@ def write_gallery(pipe: Pipeline, folder: Path, metrics: dict, seed: int = 0, n:
             m = metrics[lang]
             t2i = m["text2image"]
             before, after = (t2i[k]["fully_correct"] for k in ("before_rerank", "after_rerank"))
+            by = m.get("text2image_by_prompts", {})
             summary[lang] = {
                 "text2image fully correct (before / after rerank)": f"{before} / {after}",
+                **{f"text2image after rerank, {k} prompts": v for k, v in by.items()},
                 "caption exact": m["caption"]["exact"],
                 "BLEU-4": m["caption"]["bleu4"],
                 "CIDEr-D": m["caption"]["cider_d"],

@@ -8,7 +8,6 @@ train / val / test never share a scene (rejection-sample until the hash lands in
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,46 +178,6 @@ def caption(scene: Scene, lang: str = "en") -> str:
     raise ValueError(f"unknown language {lang!r}; expected 'en' or 'zh'")
 
 
-def parse_caption(text: str) -> tuple[Scene, str] | None:
-    """Inverse of `caption`: (scene, language) when `text` follows the caption grammar of either
-    language (objects in any order, each in a different cell), else None."""
-    text = " ".join(text.lower().split())
-    for lang, sep, rx, fields in _GRAMMARS:
-        objs = []
-        for part in re.split(sep, text if lang == "en" else text.replace(" ", "")):
-            m = re.fullmatch(rx, part)
-            if not m:
-                break
-            a = {f: names.index(m.group(k + 1)) for k, (f, names) in enumerate(fields)}
-            objs.append(Obj(a["cell"], a["shape"], a["color"], a["size"]))
-        else:
-            if not 1 <= len(objs) <= 3 or len({o.cell for o in objs}) != len(objs):
-                return None
-            return tuple(sorted(objs)), lang
-    return None
-
-
-def _alt(words) -> str:
-    return "(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + ")"
-
-
-# per language: object separator, one object's pattern, and its groups' (field, names)
-_GRAMMARS = (
-    (
-        "en",
-        " and ",
-        f"a {_alt(SIZES)} {_alt(COLORS)} {_alt(SHAPES)} at the {_alt(CELLS)}",
-        (("size", SIZES), ("color", COLORS), ("shape", SHAPES), ("cell", CELLS)),
-    ),
-    (
-        "zh",
-        "[,，]",
-        f"{_alt(CELLS_ZH)}有一个{_alt(SIZES_ZH)}的{_alt(COLORS_ZH)}{_alt(SHAPES_ZH)}",
-        (("cell", CELLS_ZH), ("size", SIZES_ZH), ("color", COLORS_ZH), ("shape", SHAPES_ZH)),
-    ),
-)
-
-
 QUESTION_KINDS = ("color", "shape", "where", "count", "exists")
 
 
@@ -266,7 +225,8 @@ def question(scene: Scene, kind: str, lang: str, rng: np.random.Generator) -> tu
 
 
 def all_corpus_text(seed: int = 0, n: int = 2000) -> list[str]:
-    """Captions and QA text of n train scenes in both languages (tokenizer training corpus)."""
+    """Captions and QA text of n train scenes in both languages (tokenizer training corpus;
+    `prompts.corpus_text` adds the prompt grammar's wordings)."""
     out = []
     for i in range(n):
         scene, rng = sample_scene("train", seed, i)

@@ -107,7 +107,9 @@ class TextTokenizer:
                 continue
             if t.startswith("##"):
                 out += t[2:]
-            elif prev is None or _is_punct(t) or _is_cjk(t[0]) or _is_cjk(prev[-1]):
+            elif (
+                prev is None or _is_punct(t) or prev == "-" or _is_cjk(t[0]) or _is_cjk(prev[-1])
+            ):  # "top-left": no space after a hyphen either
                 out += t
             else:
                 out += " " + t

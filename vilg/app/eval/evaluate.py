@@ -1,7 +1,9 @@
 """`vilg eval`: score a trained run on held-out shapes scenes (the test split).
 
-text->image: for each prompt, n samples; every image is checked by the hand-written detector
-(shape, colour, size and cell of every prompt object, and no extra objects). "before
+text->image: for each prompt, n samples, with the prompts written three ways (canonical:
+the caption in cell order; shuffled: objects in another order; paraphrased: another order and
+wording of the prompt grammar, vilg.app.data.prompts); every image is checked by the
+hand-written detector (shape, colour, size and cell of every prompt object, and no extras). "before
 reranking" averages over all samples; "after reranking" scores the matcher's top choice.
 image->text: exact scene match (the decoded caption equals the reference), BLEU-4, CIDEr-D.
 VQA: exact-answer accuracy. Image tokenizer: PSNR and codebook usage on test images.
@@ -14,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from vilg.app.data import shapes
+from vilg.app.data import prompts, shapes
 from vilg.app.data.pool import shapes_pool
 from vilg.app.eval import metrics
 from vilg.app.eval.detector import score
@@ -35,29 +37,91 @@ def _summ(rows: list[dict]) -> dict:
     return out
 
 
+PROMPT_KINDS = ("canonical", "shuffled", "paraphrased")
+
+
+def eval_prompts(scenes, lang: str, kind: str, seed: int = 0) -> list[str]:
+    """The prompts of one kind for the scenes: "canonical" (the caption, cell order),
+    "shuffled" (canonical wording, objects in a random order other than the cell order when
+    there are two or more) or "paraphrased" (a random order and a random non-canonical wording
+    of the prompt grammar)."""
+    if kind not in PROMPT_KINDS:
+        raise ValueError(f"unknown prompt kind {kind!r}; expected one of {PROMPT_KINDS}")
+    if kind == "canonical":
+        return [shapes.caption(sc, lang) for sc in scenes]
+    rng = np.random.default_rng([seed, 78, PROMPT_KINDS.index(kind), shapes.LANGS.index(lang)])
+    if kind == "shuffled":
+        return [prompts.render(prompts.shuffled(sc, rng, differ=True), lang) for sc in scenes]
+    return [prompts.paraphrased(sc, lang, rng) for sc in scenes]
+
+
 def eval_text2image(
-    pipe: Pipeline, scenes, lang: str, n: int, batch: int = 16, **sample_kw
+    pipe: Pipeline,
+    scenes,
+    lang: str,
+    n: int,
+    batch: int = 16,
+    prompts_kind: str = "canonical",
+    seed: int = 0,
+    **sample_kw,
 ) -> dict:
     before, after, examples = [], [], []
+    all_prompts = eval_prompts(scenes, lang, prompts_kind, seed)
     for s in range(0, len(scenes), batch):
         chunk = scenes[s : s + batch]
-        prompts = [shapes.caption(sc, lang) for sc in chunk]
-        out = pipe.generate(prompts, n=n, seed=s, **sample_kw)
+        texts = all_prompts[s : s + batch]
+        out = pipe.generate(texts, n=n, seed=s, **sample_kw)
         imgs = to_uint8(out["images"])
         for p, sc in enumerate(chunk):
             rows = [score(imgs[p, k], sc) for k in range(n)]
             before += rows
             after.append(rows[0])  # index 0 = matcher's best (or first sample if no matcher)
             if len(examples) < 4:
-                examples.append({"prompt": prompts[p], "correct_top1": rows[0]["correct"]})
+                examples.append({"prompt": texts[p], "correct_top1": rows[0]["correct"]})
     return {
+        "prompts_kind": prompts_kind,
         "before_rerank": _summ(before),
         "after_rerank": _summ(after),
+        "after_rerank_by_objects": _by_objects([r["correct"] for r in after], scenes),
         "prompts": len(scenes),
         "samples_per_prompt": n,
         "reranked": pipe.matcher is not None,
         "examples": examples,
     }
+
+
+@torch.no_grad()
+def eval_matcher_order(pipe: Pipeline, images: torch.Tensor, scenes, lang: str, seed: int = 0):
+    """Does the reranker score an image alike whatever the prompt's object order and wording?
+    Over the scenes of two or more objects: the mean |score(canonical) - score(other)| for
+    shuffled and paraphrased prompts, and how often the true prompt beats a hard negative (one
+    attribute changed) when the two come in different orders / wordings."""
+    from vilg.app.data.sequences import pad
+
+    keep = [i for i, sc in enumerate(scenes) if len(sc) > 1]
+    if pipe.matcher is None or not keep:
+        return None
+    sub = [scenes[i] for i in keep]
+    x = images[keep].to(pipe.device)
+    rng = np.random.default_rng([seed, 79, shapes.LANGS.index(lang)])
+    negs = [prompts.render(prompts.perturb_objects(sc, rng), lang) for sc in sub]
+
+    def scores(texts):
+        ids, lens = pad([pipe.tok.encode(t) for t in texts], pipe.tok.pad_id)
+        return pipe.matcher.score(x, ids.to(pipe.device), lens.to(pipe.device)).cpu()
+
+    canon = scores(eval_prompts(sub, lang, "canonical", seed))
+    neg = scores(negs)
+    out = {"scenes": len(sub), "hard_negative_acc": {"canonical": _mean(canon > neg)}}
+    for kind in PROMPT_KINDS[1:]:
+        other = scores(eval_prompts(sub, lang, kind, seed))
+        out[f"mean_abs_gap_{kind}"] = round(float((other - canon).abs().mean()), 4)
+        out["hard_negative_acc"][kind] = _mean(other > neg)
+    return out
+
+
+def _mean(t: torch.Tensor) -> float:
+    return round(float(t.float().mean()), 4)
 
 
 def eval_captions(
@@ -146,11 +210,28 @@ def evaluate(
     kw.update(sample_kw or {})
     res["sampling"] = kw
     for lang in langs:
-        r = {"text2image": eval_text2image(pipe, test.scenes[:n_prompts], lang, n_samples, **kw)}
-        log(
-            f"[{lang}] text->image: before {r['text2image']['before_rerank']['fully_correct']}"
-            f" after {r['text2image']['after_rerank']['fully_correct']}"
+        r: dict = {}
+        for kind in PROMPT_KINDS:  # "text2image" is the canonical prompts' (as before)
+            key = "text2image" if kind == "canonical" else f"text2image_{kind}"
+            r[key] = eval_text2image(
+                pipe, test.scenes[:n_prompts], lang, n_samples, prompts_kind=kind, seed=seed, **kw
+            )
+            log(
+                f"[{lang}] text->image, {kind} prompts: before "
+                f"{r[key]['before_rerank']['fully_correct']} after "
+                f"{r[key]['after_rerank']['fully_correct']}"
+            )
+        r["text2image_by_prompts"] = {
+            kind: r["text2image" if kind == "canonical" else f"text2image_{kind}"]["after_rerank"][
+                "fully_correct"
+            ]
+            for kind in PROMPT_KINDS
+        }
+        r["matcher_order"] = eval_matcher_order(
+            pipe, images[:n_caption], test.scenes[:n_caption], lang, seed
         )
+        if r["matcher_order"] is not None:
+            log(f"[{lang}] matcher across orders / wordings: {r['matcher_order']}")
         r["caption"] = eval_captions(pipe, images[:n_caption], test.scenes[:n_caption], lang)
         c = r["caption"]
         log(

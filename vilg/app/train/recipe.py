@@ -3,7 +3,7 @@ and training configs (shared by `train_run`, the prepared-shard path and `vilg p
 
 from __future__ import annotations
 
-from vilg.app.data import shapes
+from vilg.app.data import prompts, shapes
 from vilg.app.data.pool import Pool, shapes_pool
 from vilg.app.data.user import user_pool
 from vilg.app.model.transformer import GPTConfig
@@ -69,6 +69,6 @@ def generator_config(
 
 def corpus(pool: Pool, seed: int) -> list[str]:
     texts = [t for caps in pool.texts.values() for t in caps]
-    if pool.scenes is not None:  # questions / answers of the shapes data too
-        texts += shapes.all_corpus_text(seed, 2000)
+    if pool.scenes is not None:  # questions / answers and the prompt grammar's words too
+        texts += prompts.corpus_text(seed, 2000)
     return texts

@@ -18,9 +18,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vilg.app import checkpoint as ckpt
+from vilg.app.data import prompts
 from vilg.app.data.text_tokenizer import TextTokenizer
 from vilg.app.model.matcher import Matcher, MatcherConfig
 from vilg.app.model.transformer import UnifiedTransformer
@@ -156,7 +158,10 @@ def train_run(
 
     # ---- matcher
     t = time.perf_counter()
-    T = max(len(tok.encode(x)) for caps in train.texts.values() for x in caps[:5000]) + 8
+    texts = [x for caps in train.texts.values() for x in caps[:5000]]
+    if train.scenes is not None:  # text->image prompts come in every wording of the grammar
+        texts += prompts.corpus(train.scenes[:2000], np.random.default_rng([seed, 32]))
+    T = max(len(tok.encode(x)) for x in texts) + 8
     text_len = preset.get("text_len", min(max(T, 16), 128))
     if "matcher" in stages and not _done(out / "matcher"):
         mcfg = MatcherConfig(

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from vilg.app import checkpoint as ckpt
-from vilg.app.data import shapes
+from vilg.app.data import prompts, shapes
 from vilg.app.data.pool import Pool
 from vilg.app.data.sequences import i2t_batch, pad, t2i_batch, vqa_batch
 from vilg.app.data.text_tokenizer import TextTokenizer
@@ -132,22 +132,8 @@ def evaluate_vq(model: VQGAN, val: Pool, device="cpu", n: int = 512) -> dict:
 
 
 def perturb_caption(scene, lang: str, rng: np.random.Generator) -> str:
-    """The caption with one attribute (shape, colour, size or cell) of one object changed."""
-    objs = list(scene)
-    k = int(rng.integers(len(objs)))
-    o = objs[k]
-    attr = int(rng.integers(4))
-    if attr == 0:
-        o = shapes.Obj(o.cell, (o.shape + 1 + int(rng.integers(3))) % 4, o.color, o.size)
-    elif attr == 1:
-        o = shapes.Obj(o.cell, o.shape, (o.color + 1 + int(rng.integers(7))) % 8, o.size)
-    elif attr == 2:
-        o = shapes.Obj(o.cell, o.shape, o.color, 1 - o.size)
-    else:
-        free = [c for c in range(9) if c not in {p.cell for p in objs}]
-        o = shapes.Obj(free[int(rng.integers(len(free)))], o.shape, o.color, o.size)
-    objs[k] = o
-    return shapes.caption(tuple(sorted(objs)), lang)
+    """The canonical caption with one attribute of one object changed."""
+    return shapes.caption(tuple(sorted(prompts.perturb_objects(scene, rng))), lang)
 
 
 class MatcherTrainer(Trainer):
@@ -162,8 +148,12 @@ class MatcherTrainer(Trainer):
         val: Pool,
         tok: TextTokenizer,
         device="cpu",
+        shuffle: bool = True,
+        paraphrase: float = 0.5,
     ):
         self.pool, self.val, self.tok = pool, val, tok
+        # shapes captions in a random order and wording, so reranking scores any prompt alike
+        self.shuffle, self.paraphrase = shuffle, paraphrase
         super().__init__(model, cfg, out_dir, device)
 
     def model_config(self):
@@ -174,9 +164,14 @@ class MatcherTrainer(Trainer):
         caps, negs = [], []
         for i in idx:
             lang = langs[int(rng.integers(len(langs)))]
-            caps.append(self.tok.encode(pool.texts[lang][i])[: self.model.cfg.text_len])
-            if pool.scenes is not None:
-                negs.append(self.tok.encode(perturb_caption(pool.scenes[i], lang, rng)))
+            if pool.scenes is None:
+                caps.append(self.tok.encode(pool.texts[lang][i])[: self.model.cfg.text_len])
+                continue
+            pos, neg = prompts.caption_pair(
+                pool.scenes[i], lang, rng, self.shuffle, self.paraphrase
+            )
+            caps.append(self.tok.encode(pos)[: self.model.cfg.text_len])
+            negs.append(self.tok.encode(neg)[: self.model.cfg.text_len])
         ids, lens = pad(caps, self.tok.pad_id)
         if negs:
             nids, nlens = pad(negs, self.tok.pad_id)
@@ -274,6 +269,8 @@ class GeneratorTrainer(Trainer):
         vqa_weight: float = 1.0,
         schedule: list | None = None,
         dist: D.DistInfo | None = None,
+        t2i_shuffle: bool = True,
+        t2i_paraphrase: float = 0.5,
     ):
         self.pool, self.codes, self.val, self.val_codes, self.tok = pool, codes, val, val_codes, tok
         self.vq = vq  # only for sample grids
@@ -288,6 +285,12 @@ class GeneratorTrainer(Trainer):
         # an answer is 1-2 tokens against a caption's ~15: weight each answer token this much
         self.vqa_weight = vqa_weight
         self.cap_ids = {lang: [tok.encode(t) for t in caps] for lang, caps in pool.texts.items()}
+        # text->image prompts of shapes scenes: objects in a random order (t2i_shuffle) and,
+        # with probability t2i_paraphrase, a random wording of the prompt grammar; captions
+        # stay canonical (the captioner has one answer to learn)
+        self.t2i_shuffle, self.t2i_paraphrase = bool(t2i_shuffle), float(t2i_paraphrase)
+        if not 0.0 <= self.t2i_paraphrase <= 1.0:
+            raise ValueError(f"t2i_paraphrase must be in [0, 1], got {t2i_paraphrase}")
         super().__init__(model, cfg, out_dir, device, dist)
 
     def model_config(self):
@@ -317,8 +320,16 @@ class GeneratorTrainer(Trainer):
         img = codes[torch.as_tensor(rows)]
         t2i = None
         if n_t2i:
+            t2i_caps = caps[:n_t2i]  # the caption rows below keep the canonical captions
+            if train and pool.scenes is not None and (self.t2i_shuffle or self.t2i_paraphrase):
+                texts = [
+                    prompts.sample(pool.scenes[i], lg, rng, self.t2i_shuffle, self.t2i_paraphrase)
+                    for lg, i in zip(lang[:n_t2i], rows[:n_t2i])
+                ]
+                enc = tok.tok.encode_batch(texts, add_special_tokens=False)
+                t2i_caps = [e.ids[: T - 1] for e in enc]
             drop = torch.from_numpy(rng.random(n_t2i) < self.p_uncond) if train else None
-            t2i = t2i_batch(tok, caps[:n_t2i], img[:n_t2i], self.model.boi, drop)
+            t2i = t2i_batch(tok, t2i_caps, img[:n_t2i], self.model.boi, drop)
             t2i["index"] = torch.as_tensor(rows[:n_t2i])  # pool index per row (end-to-end)
         cap = None
         if n_cap:
