@@ -576,6 +576,49 @@ def _demo_runs_previous() -> str:
     return _demo_rows("model-cpu-2026-11-24")
 
 
+@table("demo-prompts")
+def _demo_prompts() -> str:
+    name = "demo-prompts-cpu-2026-12-05"
+    d = load(name)
+    rows = []
+    for r in d["runs"]:
+        f = r["figures"]
+        for lang in ("en", "zh"):
+            g = f[lang]
+            rows.append(
+                [
+                    f"seed {r['seed']}",
+                    lang,
+                    pair(g["t2i_canonical_before"], g["t2i_canonical_after"]),
+                    pair(g["t2i_shuffled_before"], g["t2i_shuffled_after"]),
+                    pair(g["t2i_paraphrased_before"], g["t2i_paraphrased_after"]),
+                    pct(g["caption_exact"]),
+                    pct(g["vqa"]),
+                ]
+            )
+    loads = "; ".join(
+        f"seed {r['seed']}: load {' / '.join(r['start']['loadavg'])} at start, "
+        f"{' / '.join(r['end']['loadavg'])} at end, {r['time_v']['wall_s']:.0f} s wall"
+        for r in d["runs"]
+    )
+    return md_table(
+        [
+            "run",
+            "lang",
+            "text→image canonical (before / after rerank)",
+            "shuffled",
+            "paraphrased",
+            "exact captions",
+            "VQA",
+        ],
+        rows,
+    ) + (
+        f"\n\nAny-order training on (t2i_shuffle, t2i_paraphrase 0.5), {r['generator_steps']} "
+        f"generator steps, {d['threads']}; {loads}. Source: `bench/results/{name}.json` "
+        f"(commit {d['commit']}, {d['date']})."
+    )
+
+
 @table("generator-variants")
 def _generator_variants() -> str:
     name = "model-cpu-2026-11-24-count-mix"

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -74,12 +75,22 @@ def test_cli_commands_and_clear_errors(tiny_run, tmp_path, capsys):
     assert "detector_correct" not in json.loads(io.out)
     assert main(["generate", "the red one", "--run", run, "-o", str(out)]) == 0
     assert "does not follow" in capsys.readouterr().err  # nothing to suggest
-    # any object order and any wording of the grammar: no warning, and the detector's verdicts
+    # any object order and any wording of the grammar: the detector's verdicts, with a warning
+    # naming the canonical form unless the run trained on any order (t2i_shuffle)
+    any_order = tmp_path / "any-order-run"
+    shutil.copytree(run, any_order)
+    preset = json.loads((any_order / "preset.json").read_text())
+    preset["generator"].setdefault("tasks", {})["t2i_shuffle"] = True
+    (any_order / "preset.json").write_text(json.dumps(preset))
     for said in (
         "a small blue square at the center and a large red circle at the top left",
         "in the middle there is a little blue square, and a big red circle at the top-left",
     ):
         assert main(["generate", said, "-n", "1", "--run", run, "-o", str(out)]) == 0
+        io = capsys.readouterr()
+        assert "cell order" in io.err and "detector_correct" in json.loads(io.out)
+        assert "canonical form of this prompt: 'a large red circle at the top left and" in io.err
+        assert main(["generate", said, "-n", "1", "--run", str(any_order), "-o", str(out)]) == 0
         io = capsys.readouterr()
         assert "warning" not in io.err and "detector_correct" in json.loads(io.out)
     # a Chinese prompt in cell order typed with full-width punctuation is accepted as is

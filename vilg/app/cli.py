@@ -112,7 +112,21 @@ def _shapes_prompt(run: str, prompt: str):
         return None, None
     parsed = prompts.parse_caption(prompt)
     if parsed is not None:
-        return parsed[0], None
+        from vilg.app.data import shapes
+        from vilg.app.train import checkpoint as ckpt
+        from vilg.app.train.recipe import any_order_prompts
+
+        scene, lang = parsed
+        canonical = shapes.caption(scene, lang)
+        if not prompts.is_canonical(prompt) and not any_order_prompts(
+            ckpt.load_json(Path(run) / "preset.json")
+        ):
+            return scene, (
+                "this model was trained on captions that name objects in cell order with the "
+                "canonical wording (train with --set generator.tasks.t2i_shuffle=true for any "
+                f"order; docs/prompts.md); the canonical form of this prompt: {canonical!r}"
+            )
+        return scene, None
     near = prompts.closest(prompt)
     if near is not None:
         return None, (

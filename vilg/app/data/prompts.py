@@ -203,6 +203,16 @@ def parse_caption(text: str) -> tuple[tuple, str] | None:
     return None if parsed is None else (tuple(sorted(parsed[0])), parsed[1])
 
 
+def is_canonical(text: str) -> bool:
+    """Whether the prompt is its scene's canonical caption (cell order, canonical wording), up
+    to case, spacing, final punctuation and full-width forms."""
+    parsed = parse_caption(text)
+    if parsed is None:
+        return False
+    scene, lang = parsed
+    return _normalize(text, lang) == _normalize(shapes.caption(scene, lang), lang)
+
+
 def closest(text: str) -> tuple[list, str, str] | None:
     """For a prompt outside the grammar: (objects, language, the nearest in-grammar prompt)
     when every part names a colour, a shape and a cell (misspelt English words are matched to

@@ -67,8 +67,15 @@ def generator_config(
     )
 
 
+def any_order_prompts(preset: dict) -> bool:
+    """Whether the text->image prompts of the shapes data come in any object order or wording
+    (generator.tasks.t2i_shuffle / t2i_paraphrase; off by default: see docs/prompts.md)."""
+    tasks = preset["generator"].get("tasks", {})
+    return bool(tasks.get("t2i_shuffle", False) or tasks.get("t2i_paraphrase", 0.0))
+
+
 def corpus(pool: Pool, seed: int) -> list[str]:
     texts = [t for caps in pool.texts.values() for t in caps]
-    if pool.scenes is not None:  # questions / answers and the prompt grammar's words too
+    if pool.scenes is not None:  # questions / answers and every wording of the prompt grammar
         texts += prompts.corpus_text(seed, 2000)
     return texts

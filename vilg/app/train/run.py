@@ -29,6 +29,7 @@ from vilg.app.model.transformer import UnifiedTransformer
 from vilg.app.model.vqgan import VQGAN
 from vilg.app.train import distributed as D
 from vilg.app.train.recipe import (
+    any_order_prompts,
     build_pools,
     corpus,
     generator_config,
@@ -136,7 +137,8 @@ def train_run(
         tok = TextTokenizer.load(tok_path)
     else:
         tok = TextTokenizer.train(
-            corpus(train, seed), vocab_size=preset.get("text_vocab", 1000 if data is None else 8000)
+            corpus(train, seed),
+            vocab_size=preset.get("text_vocab", 1000 if data is None else 8000),
         )
         tok.save(tok_path)
     timings["data_and_text_tokenizer"] = round(time.perf_counter() - t0, 1)
@@ -158,8 +160,9 @@ def train_run(
 
     # ---- matcher
     t = time.perf_counter()
+    tasks = preset["generator"].get("tasks", {})
     texts = [x for caps in train.texts.values() for x in caps[:5000]]
-    if train.scenes is not None:  # text->image prompts come in every wording of the grammar
+    if train.scenes is not None and any_order_prompts(preset):  # every wording of the grammar
         texts += prompts.corpus(train.scenes[:2000], np.random.default_rng([seed, 32]))
     T = max(len(tok.encode(x)) for x in texts) + 8
     text_len = preset.get("text_len", min(max(T, 16), 128))
@@ -178,6 +181,8 @@ def train_run(
             val,
             tok,
             dev,
+            shuffle=tasks.get("t2i_shuffle", False),
+            paraphrase=tasks.get("t2i_paraphrase", 0.0),
         ).fit()
     timings["matcher"] = round(time.perf_counter() - t, 1)
 

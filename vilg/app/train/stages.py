@@ -148,11 +148,12 @@ class MatcherTrainer(Trainer):
         val: Pool,
         tok: TextTokenizer,
         device="cpu",
-        shuffle: bool = True,
-        paraphrase: float = 0.5,
+        shuffle: bool = False,
+        paraphrase: float = 0.0,
     ):
         self.pool, self.val, self.tok = pool, val, tok
-        # shapes captions in a random order and wording, so reranking scores any prompt alike
+        # shapes captions in a random order and wording (as the generator's prompts), so that
+        # reranking scores any prompt alike
         self.shuffle, self.paraphrase = shuffle, paraphrase
         super().__init__(model, cfg, out_dir, device)
 
@@ -164,8 +165,10 @@ class MatcherTrainer(Trainer):
         caps, negs = [], []
         for i in idx:
             lang = langs[int(rng.integers(len(langs)))]
-            if pool.scenes is None:
+            if pool.scenes is None or not (self.shuffle or self.paraphrase):
                 caps.append(self.tok.encode(pool.texts[lang][i])[: self.model.cfg.text_len])
+                if pool.scenes is not None:  # canonical captions, a canonical hard negative
+                    negs.append(self.tok.encode(perturb_caption(pool.scenes[i], lang, rng)))
                 continue
             pos, neg = prompts.caption_pair(
                 pool.scenes[i], lang, rng, self.shuffle, self.paraphrase
@@ -269,8 +272,8 @@ class GeneratorTrainer(Trainer):
         vqa_weight: float = 1.0,
         schedule: list | None = None,
         dist: D.DistInfo | None = None,
-        t2i_shuffle: bool = True,
-        t2i_paraphrase: float = 0.5,
+        t2i_shuffle: bool = False,
+        t2i_paraphrase: float = 0.0,
     ):
         self.pool, self.codes, self.val, self.val_codes, self.tok = pool, codes, val, val_codes, tok
         self.vq = vq  # only for sample grids
