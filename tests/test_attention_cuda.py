@@ -137,8 +137,11 @@ def run_fwd(q, k, v, layout, scale, lens):
         block,
         start,
         length,
+        None,  # keep_lo: no left padding
         ref(lens),
         scale,
+        0.0,  # softcap
+        None,  # alibi slopes
         stream_of(q),
     )
     return o, lse
@@ -167,8 +170,11 @@ def run_bwd(go, q, k, v, o, lse, layout, scale, lens):
         block,
         start,
         length,
+        None,  # keep_lo: no left padding
         ref(lens),
         scale,
+        0.0,  # softcap
+        None,  # alibi slopes
         stream_of(q),
     )
     return dq, dk, dv

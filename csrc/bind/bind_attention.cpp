@@ -73,9 +73,40 @@ void set_strides(int64_t* s, const TensorRef& t) {
   for (int i = 0; i < 3; ++i) s[i] = t.stride(i);
 }
 
+// Optional per-sample int32 [batch] array on q's device (key padding bounds).
+const int32_t* opt_lens(const py::object& obj, const char* name, const TensorRef& q) {
+  const TensorRef* t = opt_ref(obj);
+  if (!t) return nullptr;
+  check_ref(*t, name, DType::I32, 1);
+  check(t->size(0) == q.size(0) && t->device == q.device && t->contiguous(),
+        std::string(name) + " must be a contiguous int32 [batch] tensor on q's device");
+  return t->data<int32_t>();
+}
+
+// Soft-cap and ALiBi slopes (float32 [heads] or [batch, heads] on q's device, or None).
+ScoreMods make_mods(float softcap, const py::object& alibi, const TensorRef& q) {
+  ScoreMods m;
+  check(softcap >= 0.f && softcap < __builtin_inff(), "softcap must be finite and >= 0");
+  m.softcap = softcap;
+  if (const TensorRef* a = opt_ref(alibi)) {
+    check(a->dtype == DType::F32, "alibi_slopes must be float32");
+    const bool per_batch = a->dim() == 2;
+    check((a->dim() == 1 && a->size(0) == q.size(1)) ||
+              (per_batch && a->size(0) == q.size(0) && a->size(1) == q.size(1)),
+          "alibi_slopes must be [heads] or [batch, heads]");
+    check(a->contiguous() && a->device == q.device,
+          "alibi_slopes must be contiguous and on q's device");
+    check(a->ptr != 0 || a->numel() == 0, "alibi_slopes is a null buffer");
+    m.alibi = a->data<float>();
+    m.alibi_batch_stride = per_batch ? q.size(1) : 0;
+  }
+  return m;
+}
+
 AttnParams make_params(const TensorRef& q, const TensorRef& k, const TensorRef& v,
                        const TensorRef& o, const TensorRef& lse, const BlockSparse& ls,
-                       const py::object& text_lens, float scale) {
+                       const py::object& keep_lo, const py::object& keep_hi, float scale,
+                       float softcap, const py::object& alibi) {
   check(q.dtype == DType::F32 || q.dtype == DType::F16 || q.dtype == DType::BF16,
         "attention supports float32, float16 and bfloat16");
   check(q.dim() == 4 && k.dim() == 4, "q, k must be [batch, heads, seq, head_dim]");
@@ -97,12 +128,9 @@ AttnParams make_params(const TensorRef& q, const TensorRef& k, const TensorRef& 
   p.kv_group = int(H / Hk);
   p.scale = scale;
   check(p.head_dim > 0 && p.head_dim <= 256, "head_dim must be in 1..256");
-  if (const TensorRef* tl = opt_ref(text_lens)) {
-    check_ref(*tl, "text_lens", DType::I32, 1);
-    check(tl->size(0) == q.size(0) && tl->device == q.device && tl->contiguous(),
-          "text_lens must be a contiguous int32 [batch] tensor on q's device");
-    p.text_lens = tl->data<int32_t>();
-  }
+  p.keep_lo = opt_lens(keep_lo, "keep_lo", q);
+  p.keep_hi = opt_lens(keep_hi, "keep_hi", q);
+  p.mods = make_mods(softcap, alibi, q);
   p.q = (const void*)q.ptr;
   p.k = (const void*)k.ptr;
   p.v = (const void*)v.ptr;
@@ -118,10 +146,12 @@ AttnParams make_params(const TensorRef& q, const TensorRef& k, const TensorRef& 
 void attention_fwd(const TensorRef& q, const TensorRef& k, const TensorRef& v,
                    const TensorRef& o, const TensorRef& lse, const py::tuple& layout,
                    int q_len, int seq_len, int block, int text_start, int text_len,
-                   const py::object& text_lens, float scale, uintptr_t stream) {
+                   const py::object& keep_lo, const py::object& keep_hi, float scale,
+                   float softcap, const py::object& alibi, uintptr_t stream) {
   const BlockSparse ls =
       make_layout(layout, q_len, seq_len, block, text_start, text_len, q.device);
-  const AttnParams p = make_params(q, k, v, o, lse, ls, text_lens, scale);
+  const AttnParams p =
+      make_params(q, k, v, o, lse, ls, keep_lo, keep_hi, scale, softcap, alibi);
   if (q.is_cuda()) {
 #ifdef VILG_WITH_CUDA
     cuda::attention_fwd(p, q.dtype, q.device, stream);
@@ -139,11 +169,12 @@ void attention_bwd(const TensorRef& dout, const TensorRef& q, const TensorRef& k
                    const TensorRef& v, const TensorRef& o, const TensorRef& lse,
                    const TensorRef& dq, const TensorRef& dk, const TensorRef& dv,
                    const TensorRef& delta, const py::tuple& layout, int q_len, int seq_len,
-                   int block, int text_start, int text_len, const py::object& text_lens,
-                   float scale, uintptr_t stream) {
+                   int block, int text_start, int text_len, const py::object& keep_lo,
+                   const py::object& keep_hi, float scale, float softcap,
+                   const py::object& alibi, uintptr_t stream) {
   const BlockSparse ls =
       make_layout(layout, q_len, seq_len, block, text_start, text_len, q.device);
-  AttnParams p = make_params(q, k, v, o, lse, ls, text_lens, scale);
+  AttnParams p = make_params(q, k, v, o, lse, ls, keep_lo, keep_hi, scale, softcap, alibi);
   check_bhld(dout, "grad_out", q, q_len, q.size(1));
   check_bhld(dq, "dq", q, q_len, q.size(1));
   check_bhld(dk, "dk", q, seq_len, k.size(1));

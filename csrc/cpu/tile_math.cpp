@@ -42,6 +42,15 @@ inline v8f exp8(v8f x) {
   return p * (v8f)bits;
 }
 
+// tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|) <= 1: no overflow for any x, and an
+// absolute error near float32's rounding of the capped score.
+inline v8f tanh8(v8f x) {
+  const v8f ax = x < 0.f ? -x : x;
+  const v8f e = exp8(ax * -2.f);
+  const v8f t = (1.f - e) / (1.f + e);
+  return x < 0.f ? -t : t;
+}
+
 // Lanes c..c+7 of a row's mask as all-ones / zero lanes.
 inline v8i mask8(const uint64_t* row, int c) {
   const int32_t byte = int32_t((row[c >> 6] >> (c & 63)) & 0xffu);
@@ -199,6 +208,46 @@ VILG_CPU_CLONES void softmax_step(float* S, int rows, int cols, const uint64_t* 
     if (alpha != 1.f) {
       float* o = O + int64_t(r) * dp;
       for (int d = 0; d < dp; d += 8) st(o + d, ld(o + d) * alpha);
+    }
+  }
+}
+
+VILG_CPU_CLONES void modify_scores(float* S, int rows, int cols, const TileMods& mods, float* T,
+                                   const uint32_t* blocks) {
+  const bool cap = mods.softcap > 0.f;
+  const float inv = cap ? 1.f / mods.softcap : 0.f, slope = mods.slope;
+  for (int r = 0; r < rows; ++r) {
+    float* s = S + int64_t(r) * cols;
+    float* t = T ? T + int64_t(r) * cols : nullptr;
+    const uint32_t live = blocks ? blocks[r / 4] : kAll;
+    const v8f qp = splat(mods.qpos ? mods.qpos[r] : 0.f);
+    for (int c = 0; c < cols; c += 8) {
+      if (!(live >> (c / 16) & 1u)) continue;
+      v8f x = ld(s + c);
+      if (cap) {
+        const v8f th = tanh8(x * inv);
+        if (t) st(t + c, th);
+        x = th * mods.softcap;
+      }
+      if (mods.kpos) {
+        const v8f d = qp - ld(mods.kpos + c);
+        x -= (d < 0.f ? -d : d) * slope;
+      }
+      st(s + c, x);
+    }
+  }
+}
+
+VILG_CPU_CLONES void softcap_grad(float* dS, const float* T, int rows, int cols,
+                                  const uint32_t* blocks) {
+  for (int r = 0; r < rows; ++r) {
+    float* d = dS + int64_t(r) * cols;
+    const float* t = T + int64_t(r) * cols;
+    const uint32_t live = blocks ? blocks[r / 4] : kAll;
+    for (int c = 0; c < cols; c += 8) {
+      if (!(live >> (c / 16) & 1u)) continue;
+      const v8f th = ld(t + c);
+      st(d + c, ld(d + c) * (1.f - th * th));
     }
   }
 }
