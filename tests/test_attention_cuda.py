@@ -109,9 +109,11 @@ def reference_grads(q, k, v, go, layout, scale, lens):
 
 
 def _layout_args(layout: Layout, device):
+    from vilg.ops.attention import _layout_refs
+
     *arrays, perm = layout.kernel_arrays(device)
     start, length = layout.kernel_text_segment
-    return (*map(ref, arrays), ref(perm)), layout.seq_len, layout.block_size, start, length
+    return _layout_refs(arrays, perm), layout.seq_len, layout.block_size, start, length
 
 
 def _lens_args(layout: Layout):  # query rows, key rows

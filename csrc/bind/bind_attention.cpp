@@ -10,13 +10,14 @@
 namespace vilg {
 namespace {
 
-// The layout's arrays, in the order vilg.layouts.Layout.kernel_arrays() returns them.
-// q_len: query rows, seq_len: keys (equal unless the layout is rectangular).
-BlockSparse make_layout(const py::tuple& arrays, int q_len, int seq_len, int block,
+// The layout's kernel arrays, by name (vilg.layouts.Layout._KERNEL_NAMES): a dict of
+// TensorRefs, perm None for sequence order. q_len: query rows, seq_len: keys (equal unless the
+// layout is rectangular).
+BlockSparse make_layout(const py::dict& arrays, int q_len, int seq_len, int block,
                         int text_start, int text_len, int device) {
-  check(arrays.size() == 8, "layout: expected 8 arrays");
-  auto ref = [&](int i, DType dt, const char* name) -> const TensorRef* {
-    const TensorRef* r = opt_ref(arrays[i]);
+  auto ref = [&](const char* name, DType dt) -> const TensorRef* {
+    check(arrays.contains(name), std::string("layout: missing array ") + name);
+    const TensorRef* r = opt_ref(arrays[name]);
     if (!r) return nullptr;
     check_ref(*r, name, dt, dt == DType::I64 ? 3 : 1);
     check(r->contiguous(), std::string("layout: ") + name + " must be contiguous");
@@ -32,11 +33,15 @@ BlockSparse make_layout(const py::tuple& arrays, int q_len, int seq_len, int blo
   ls.block = block;
   ls.num_q_blocks = (q_len + block - 1) / block;
   ls.num_k_blocks = (seq_len + block - 1) / block;
-  const TensorRef* q_ptr = ref(0, DType::I32, "q_ptr");
-  const TensorRef* k_ptr = ref(3, DType::I32, "k_ptr");
-  const TensorRef* masks = ref(6, DType::I64, "masks");
-  const TensorRef* perm = ref(7, DType::I32, "perm");
-  check(q_ptr && k_ptr && masks, "layout: missing arrays");
+  const TensorRef* q_ptr = ref("q_ptr", DType::I32);
+  const TensorRef* q_kv = ref("q_kv", DType::I32);
+  const TensorRef* q_mask = ref("q_mask", DType::I32);
+  const TensorRef* k_ptr = ref("k_ptr", DType::I32);
+  const TensorRef* k_q = ref("k_q", DType::I32);
+  const TensorRef* k_mask = ref("k_mask", DType::I32);
+  const TensorRef* masks = ref("masks", DType::I64);
+  const TensorRef* perm = ref("perm", DType::I32);
+  check(q_ptr && q_kv && q_mask && k_ptr && k_q && k_mask && masks, "layout: missing arrays");
   check(q_ptr->size(0) == ls.num_q_blocks + 1 && k_ptr->size(0) == ls.num_k_blocks + 1,
         "layout: block pointer arrays do not match the sequence length");
   check(masks->size(1) == block, "layout: mask tiles do not match the block size");
@@ -45,11 +50,11 @@ BlockSparse make_layout(const py::tuple& arrays, int q_len, int seq_len, int blo
   check(text_start >= 0 && text_len >= 0 && text_start + text_len <= seq_len,
         "layout: text segment outside the sequence");
   ls.q_ptr = q_ptr->data<int32_t>();
-  ls.q_kv = ref(1, DType::I32, "q_kv")->data<int32_t>();
-  ls.q_mask = ref(2, DType::I32, "q_mask")->data<int32_t>();
+  ls.q_kv = q_kv->data<int32_t>();
+  ls.q_mask = q_mask->data<int32_t>();
   ls.k_ptr = k_ptr->data<int32_t>();
-  ls.k_q = ref(4, DType::I32, "k_q")->data<int32_t>();
-  ls.k_mask = ref(5, DType::I32, "k_mask")->data<int32_t>();
+  ls.k_q = k_q->data<int32_t>();
+  ls.k_mask = k_mask->data<int32_t>();
   ls.masks = masks->data<uint64_t>();
   ls.mask_words = int(masks->size(2));
   ls.perm = perm ? perm->data<int32_t>() : nullptr;
@@ -144,7 +149,7 @@ AttnParams make_params(const TensorRef& q, const TensorRef& k, const TensorRef& 
 }
 
 void attention_fwd(const TensorRef& q, const TensorRef& k, const TensorRef& v,
-                   const TensorRef& o, const TensorRef& lse, const py::tuple& layout,
+                   const TensorRef& o, const TensorRef& lse, const py::dict& layout,
                    int q_len, int seq_len, int block, int text_start, int text_len,
                    const py::object& keep_lo, const py::object& keep_hi, float scale,
                    float softcap, const py::object& alibi, uintptr_t stream) {
@@ -168,7 +173,7 @@ void attention_fwd(const TensorRef& q, const TensorRef& k, const TensorRef& v,
 void attention_bwd(const TensorRef& dout, const TensorRef& q, const TensorRef& k,
                    const TensorRef& v, const TensorRef& o, const TensorRef& lse,
                    const TensorRef& dq, const TensorRef& dk, const TensorRef& dv,
-                   const TensorRef& delta, const py::tuple& layout, int q_len, int seq_len,
+                   const TensorRef& delta, const py::dict& layout, int q_len, int seq_len,
                    int block, int text_start, int text_len, const py::object& keep_lo,
                    const py::object& keep_hi, float scale, float softcap,
                    const py::object& alibi, uintptr_t stream) {

@@ -121,13 +121,21 @@ VILG_DEVICE TileMods tile_mods(const AttnParams& p, int b, int h) {
   return {cap, cap > 0.f ? 1.f / cap : 0.f, alibi_slope(p, b, h), p.mods.alibi != nullptr};
 }
 
+// tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|) <= 1: absolute error near float32
+// rounding (like the CPU kernels' tanh). Not tanhf, which --use_fast_math turns into
+// tanh.approx.f32 (relative error ~2^-11: too coarse for the fp32 path with a large cap).
+VILG_DEVICE float tanh_accurate(float x) {
+  const float e = expf(-2.f * fabsf(x));
+  return copysignf((1.f - e) / (1.f + e), x);
+}
+
 // The modified score of a scaled score x = scale * q.k, for a query at sequence position qp
 // and a key at kp: softcap * tanh(x / softcap), then - slope * |qp - kp|. th receives the tanh
 // (0 without soft-cap), so the backward's factor d(score)/dx is 1 - th * th either way.
 VILG_DEVICE float modified_score(float x, const TileMods& m, int qp, int kp, float& th) {
   th = 0.f;
   if (m.cap > 0.f) {
-    th = tanhf(x * m.inv_cap);
+    th = tanh_accurate(x * m.inv_cap);
     x = m.cap * th;
   }
   if (m.alibi) x -= m.slope * fabsf(float(qp - kp));

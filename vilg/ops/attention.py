@@ -21,12 +21,18 @@ from vilg.ops._buffers import profiled, ref, stream_of
 
 
 # The kernels' arguments after q, k, v (and o, lse in the backward), in this order:
-#   layout      the layout's seven kernel arrays (Layout.kernel_arrays() without perm)
+#   layout      the layout's kernel arrays but perm (Layout.kernel_arrays(), a list: what a
+#               custom op can take), handed to C++ by name (_layout_refs)
 #   perm        its permutation (None: sequence order)
 #   keep_lo, keep_hi   per-sample key padding: sample b keeps the padded segment's keys
 #               [keep_lo[b], keep_hi[b]) (int32 [batch] or None: 0 / the whole segment)
 #   block, seg_start, seg_len   tile size and the padded segment in kernel order
 #   scale, softcap, alibi       score scale, soft-cap (0: off), ALiBi slopes (or None)
+def _layout_refs(layout: list[torch.Tensor], perm: torch.Tensor | None) -> dict:
+    """The layout's kernel arrays as the named views the kernels read."""
+    return dict(zip(Layout._KERNEL_NAMES, map(ref, (*layout, perm)), strict=True))
+
+
 def _fwd_impl(
     q, k, v, layout, perm, keep_lo, keep_hi, block, seg_start, seg_len, scale, softcap, alibi
 ):
@@ -39,7 +45,7 @@ def _fwd_impl(
         ref(v),
         ref(o),
         ref(lse),
-        (*map(ref, layout), ref(perm)),
+        _layout_refs(layout, perm),
         L,
         k.shape[2],
         block,
@@ -115,7 +121,7 @@ def _bwd_impl(
         ref(dk),
         ref(dv),
         ref(delta),
-        (*map(ref, layout), ref(perm)),
+        _layout_refs(layout, perm),
         q.shape[2],
         k.shape[2],
         block,
