@@ -260,3 +260,41 @@ def test_nn_modules(gen):
     assert y.shape == x.shape and torch.isfinite(y).all()
     with pytest.raises(ValueError, match=r"alibi_slopes must be \[heads\]"):
         SparseSelfAttention(64, 4, 2, lay, alibi_slopes=torch.ones(3))
+
+
+# ---- CUDA (a real GPU; the emulation covers the same source without one) -------------------
+CUDA_CASES = {
+    "column_i2t": lambda: ernie_vilg("column", 9, (7, 8), "image2text"),
+    "window": lambda: sliding_window(300, 77),
+    "random": lambda: Layout.from_dense(
+        torch.rand(200, 200, generator=torch.Generator().manual_seed(4)) < 0.3
+    ),
+}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("pattern", list(CUDA_CASES))
+@pytest.mark.parametrize("D", [32, 128])
+def test_cuda_modifiers(pattern, dtype, D):
+    gen = torch.Generator().manual_seed(11)
+    lay = CUDA_CASES[pattern]()
+    L, B, H, Hk = lay.seq_len, 2, 4, 2
+    q_len = 70 if pattern == "window" else L  # a chunk against the cache
+    q = torch.randn(B, H, q_len, D, generator=gen)
+    k, v = (torch.randn(B, Hk, L, D, generator=gen) for _ in "kv")
+    slopes = torch.rand(B, H, generator=gen)
+    kw = dict(softcap=3.0, key_starts=torch.tensor([L // 4, 0]), key_lens=torch.tensor([L, L - 9]))
+    leaves = [t.cuda().to(dtype).requires_grad_() for t in (q, k, v)]
+    cuda_kw = {n: t.cuda() for n, t in kw.items() if isinstance(t, torch.Tensor)}
+    out = sparse_attention(*leaves, lay, softcap=3.0, alibi_slopes=slopes.cuda(), **cuda_kw)
+    ref_leaves = [t.detach().cpu().double().requires_grad_() for t in leaves]
+    mask = lay.dense_mask() if q_len == L else lay.last_queries(q_len).dense_mask()
+    ref = attention_mod(*ref_leaves, mask, alibi=slopes, **kw)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert rel_err(out.cpu(), ref) < tol
+    g = torch.randn(out.shape, generator=gen)
+    got = torch.autograd.grad(out, leaves, g.cuda().to(dtype))
+    want = torch.autograd.grad(ref, ref_leaves, g.double())
+    for name, a, b in zip("qkv", got, want):
+        assert rel_err(a.cpu(), b) < 2 * tol, name
