@@ -43,11 +43,21 @@ VILG_HD uint64_t span_bits(int c0, int a, int b) {
   return upto_b & ~((uint64_t(1) << a) - 1);
 }
 
+// Right padding only (keep.lo = 0): what a kernel instantiated without left padding uses, so
+// that the constant lo folds the left-hand tests below away.
+VILG_HD KeepRange keep_range_right(const AttnParams& p, int b) {
+  const int n = p.ls.text_len;
+  const int hi = p.keep_hi ? p.keep_hi[b] : n;
+  return {0, hi < 0 ? 0 : (hi > n ? n : hi)};
+}
+
 // Bits of columns 64w .. 64w+63 of key tile kb that are padded keys for a sample keeping
 // `keep` (those bits must be cleared): the segment's keys before keep.lo and from keep.hi on.
 VILG_HD uint64_t text_pad_bits(const BlockSparse& ls, int kb, int w, KeepRange keep) {
   const int c0 = kb * ls.block + 64 * w, s = ls.text_start;
-  return span_bits(c0, s, s + keep.lo) | span_bits(c0, s + keep.hi, s + ls.text_len);
+  uint64_t bits = span_bits(c0, s + keep.hi, s + ls.text_len);
+  if (keep.lo > 0) bits |= span_bits(c0, s, s + keep.lo);
+  return bits;
 }
 
 // Does key tile kb intersect padded keys for this sample? (Cheap test before masking.)

@@ -24,10 +24,14 @@ inline v8f splat(float x) { return v8f{} + x; }
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 const v8i kLanes = {0, 1, 2, 3, 4, 5, 6, 7};
 
-// exp(x) for x <= ~0 (and -inf -> ~0, callers zero masked entries): 2^(x log2 e) = 2^i * 2^f
-// with |f| <= 1/2 and the degree-6 Taylor series of 2^f, about 2 ulp.
+// exp(x) for x <= ~0: 2^(x log2 e) = 2^i * 2^f with |f| <= 1/2 and the degree-6 Taylor series
+// of 2^f, about 2 ulp. Below x = -80 (and for -inf) it returns exactly 0: such a weight is
+// invisible next to the row maximum's 1, and a product of it (P dP, P V) would otherwise be a
+// subnormal float, which x86 computes on a slow microcode path (ALiBi's large negative biases
+// made a backward pass several times slower that way).
 inline v8f exp8(v8f x) {
-  x = x < -87.f ? splat(-87.f) : x;
+  const v8i tiny = x < -80.f;
+  x = tiny ? splat(-80.f) : x;
   const v8f t = x * 1.4426950408889634f;
   const v8f fi = (t + 12582912.f) - 12582912.f;  // round to nearest integer
   const v8f f = t - fi;
@@ -39,7 +43,7 @@ inline v8f exp8(v8f x) {
   p = p * f + 6.9314718055994531e-1f;
   p = p * f + 1.f;
   const v8i bits = (__builtin_convertvector(fi, v8i) + 127) << 23;
-  return p * (v8f)bits;
+  return tiny ? v8f{} : p * (v8f)bits;
 }
 
 // tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|) <= 1: no overflow for any x, and an

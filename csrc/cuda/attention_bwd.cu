@@ -11,8 +11,8 @@
 // Warp w owns rows 16w .. 16w+15 of its tile (query rows in 2., key rows in 3.); the other
 // side's tiles are double-buffered with cp.async. All five products are mma.m16n8k16; P and dS
 // go from the f32 accumulator fragments straight into A fragments (no shared-memory trip).
-// Score modifiers: kernels 2. and 3. have a Mod = true instantiation that recomputes the
-// modified scores and carries dS back through the soft-cap (dS *= 1 - tanh^2).
+// Score modifiers (and left padding): kernels 2. and 3. have a Mod = true instantiation that
+// recomputes the modified scores and carries dS back through the soft-cap (dS *= 1 - tanh^2).
 #include "attention_tiles.cuh"
 
 #ifndef VILG_CUDA_EMULATE
@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(kThreads)
   const int g = lane >> 2, t = lane & 3;
   const int r0 = 16 * warp;
   const int e0 = ls.q_ptr[qb], ne = ls.q_ptr[qb + 1] - e0;
-  const KeepRange keep = keep_range(p, b);
+  const KeepRange keep = kernel_keep_range<Mod>(p, b);
   const float sl2 = p.scale * kLog2e;
   TileMods md{};
   int qpos[2] = {0, 0};  // sequence positions of rows r0+g, r0+g+8 (ALiBi)
@@ -291,7 +291,7 @@ __global__ void __launch_bounds__(kThreads)
   // Steps i = 0 .. n-1 walk the CSC list once per q head of the group: q head h0 + i / ne,
   // entry e0 + i % ne.
   const int h0 = hk * p.kv_group, n = ne * p.kv_group;
-  const KeepRange keep = keep_range(p, b);
+  const KeepRange keep = kernel_keep_range<Mod>(p, b);
   const float sl2 = p.scale * kLog2e;
   int kpos[2] = {0, 0};  // sequence positions of key rows r0+g, r0+g+8 (ALiBi)
   if constexpr (Mod) {
@@ -479,7 +479,7 @@ void launch_bwd_dim(const AttnParams& p, cudaStream_t stream) {
 
 template <typename T>
 void launch_bwd_mods(const AttnParams& p, cudaStream_t stream) {
-  if (p.mods.any())
+  if (needs_mod_kernel(p))
     launch_bwd_dim<T, true>(p, stream);
   else
     launch_bwd_dim<T, false>(p, stream);

@@ -7,8 +7,8 @@
 // by scale * log2 e, exp2). The in-tile bit mask (and per-sample text padding) is applied only
 // to tiles that are partial or touch padded text. GQA: q head h reads k/v head h / kv_group.
 // A rectangular layout (q_len < seq_len) only changes the query side's row count. Score
-// modifiers (soft-cap, ALiBi) run in a separate instantiation (Mod = true), applied to the
-// score fragments before masking. fp32 inputs take the SIMT reference path (attention_simt.cu).
+// modifiers (soft-cap, ALiBi) and left padding run in a separate instantiation (Mod = true);
+// the modifiers act on the score fragments before masking. fp32 inputs take the SIMT reference path (attention_simt.cu).
 #include "attention_tiles.cuh"
 
 #ifndef VILG_CUDA_EMULATE
@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(kThreads)
   const int g = lane >> 2, t = lane & 3;
   const int r0 = 16 * warp;  // first tile row of this warp
   const int e0 = ls.q_ptr[qb], ne = ls.q_ptr[qb + 1] - e0;
-  const KeepRange keep = keep_range(p, b);
+  const KeepRange keep = kernel_keep_range<Mod>(p, b);
   const float sl2 = p.scale * kLog2e;
   TileMods md{};
   int qpos[2] = {0, 0};  // sequence positions of rows r0+g, r0+g+8 (ALiBi)
@@ -214,7 +214,8 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, int D>
 void launch_fwd(const AttnParams& p, cudaStream_t stream) {
   constexpr int smem = FwdSmem<D>::kBytes;
-  auto kernel = p.mods.any() ? attn_fwd_kernel<T, D, true> : attn_fwd_kernel<T, D, false>;
+  auto kernel =
+      needs_mod_kernel(p) ? attn_fwd_kernel<T, D, true> : attn_fwd_kernel<T, D, false>;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
              "attention forward: shared memory opt-in");
   const unsigned vec = (aligned16(p.q, p.q_s) ? kVecQ : 0u) | (aligned16(p.k, p.k_s) ? kVecK : 0u) |

@@ -108,9 +108,20 @@ VILG_DEVICE uint64_t row_bits(const BlockSparse& ls, int mid, int kb, int r, Kee
   return tile_bits(ls, mid, r, 0) & ~text_pad_bits(ls, kb, 0, keep);
 }
 
-// Score modifiers (ScoreMods) of one (sample, q head). The kernels that use them are
-// instantiated separately (a `Mod` template flag), so that without modifiers not even the
-// branches remain.
+// Score modifiers (ScoreMods) of one (sample, q head). The kernels that use them, or left
+// padding (keep_lo), are instantiated separately (a `Mod` template flag), so that without them
+// not even the branches remain.
+VILG_HD bool needs_mod_kernel(const AttnParams& p) { return p.mods.any() || p.keep_lo; }
+
+// The kept key range of sample b: both ends in a Mod kernel, the right end only otherwise.
+template <bool Mod>
+VILG_DEVICE KeepRange kernel_keep_range(const AttnParams& p, int b) {
+  if constexpr (Mod)
+    return keep_range(p, b);
+  else
+    return keep_range_right(p, b);
+}
+
 struct TileMods {
   float cap, inv_cap, slope;  // cap 0: no soft-cap; slope 0 with alibi false
   bool alibi;

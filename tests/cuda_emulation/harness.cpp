@@ -116,7 +116,7 @@ static void launch_gpu_fwd(AttnParams& p, unsigned vec) {
   } else {
     emu::launch(emu::Dim3{unsigned(p.ls.num_q_blocks), unsigned(p.heads), unsigned(p.batch)}, kThreads,
                 FwdSmem<D>::kBytes, [&] {
-                  if (p.mods.any()) attn_fwd_kernel<E, D, true>(p, vec);
+                  if (needs_mod_kernel(p)) attn_fwd_kernel<E, D, true>(p, vec);
                   else attn_fwd_kernel<E, D, false>(p, vec);
                 });
   }
@@ -133,7 +133,7 @@ static void launch_gpu_bwd(AttnParams& p, unsigned vec) {
     emu::launch(grid, 128, 0, [&] { simt_dq_kernel<D>(p); });
     emu::launch(kgrid, 128, 0, [&] { simt_dkdv_kernel<D>(p); });
   } else {
-    const bool mod = p.mods.any();
+    const bool mod = needs_mod_kernel(p);
     emu::launch(emu::Dim3{unsigned(p.ls.num_q_blocks), unsigned(p.heads), unsigned(p.batch)}, kThreads,
                 DqSmem<D>::kBytes, [&] {
                   if (mod) attn_bwd_dq_kernel<E, D, true>(p, vec);
