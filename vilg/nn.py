@@ -216,6 +216,8 @@ class SparseSelfAttention(nn.Module):
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.qkv = nn.Linear(dim, (heads + 2 * kv_heads) * head_dim, bias=bias)
         self.out = nn.Linear(heads * head_dim, dim, bias=bias)
+        if alibi_slopes is not None and torch.as_tensor(alibi_slopes).shape != (heads,):
+            raise ValueError(f"alibi_slopes must be [heads] = [{heads}]")
         self.attn = SparseAttention(
             layout_fn, scale=scale, cache_size=cache_size, softcap=softcap,
             alibi_slopes=alibi_slopes,
