@@ -157,7 +157,20 @@ def test_opcheck_and_compile(gen):
     *arrays, perm = lay.kernel_arrays("cpu")
     torch.library.opcheck(
         torch.ops.vilg.sparse_attention_fwd.default,
-        (q, k, v, list(arrays), perm, torch.tensor([4], dtype=torch.int32), 16, 0, 4, 0.25),
+        (
+            q,
+            k,
+            v,
+            list(arrays),
+            perm,
+            *(torch.tensor([n], dtype=torch.int32) for n in (1, 4)),
+            16,
+            0,
+            4,
+            0.25,
+            2.0,
+            torch.rand(1, 2, generator=gen),
+        ),  # + key padding and modifiers
     )
     fn = torch.compile(
         lambda a, b, c: sparse_attention(a, b, c, lay).sum(), backend="aot_eager", fullgraph=True

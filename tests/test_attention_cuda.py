@@ -109,9 +109,11 @@ def reference_grads(q, k, v, go, layout, scale, lens):
 
 
 def _layout_args(layout: Layout, device):
+    from vilg.ops.attention import _layout_refs
+
     *arrays, perm = layout.kernel_arrays(device)
     start, length = layout.kernel_text_segment
-    return (*map(ref, arrays), ref(perm)), layout.seq_len, layout.block_size, start, length
+    return _layout_refs(arrays, perm), layout.seq_len, layout.block_size, start, length
 
 
 def _lens_args(layout: Layout):  # query rows, key rows
@@ -137,8 +139,11 @@ def run_fwd(q, k, v, layout, scale, lens):
         block,
         start,
         length,
+        None,  # keep_lo: no left padding
         ref(lens),
         scale,
+        0.0,  # softcap
+        None,  # alibi slopes
         stream_of(q),
     )
     return o, lse
@@ -167,8 +172,11 @@ def run_bwd(go, q, k, v, o, lse, layout, scale, lens):
         block,
         start,
         length,
+        None,  # keep_lo: no left padding
         ref(lens),
         scale,
+        0.0,  # softcap
+        None,  # alibi slopes
         stream_of(q),
     )
     return dq, dk, dv

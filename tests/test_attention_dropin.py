@@ -189,7 +189,8 @@ def test_eager_path_equals_custom_op(gen):
     k, v = (torch.randn(2, 2, lay.seq_len, 16, generator=gen, requires_grad=True) for _ in "kv")
     lens = torch.tensor([6, 2], dtype=torch.int32)
     *arrays, perm = lay.kernel_arrays("cpu")
-    args = (list(arrays), perm, lens, 16, *lay.kernel_text_segment, 0.3)
+    slopes = torch.rand(4, generator=gen)  # with the score modifiers on, both paths alike
+    args = (list(arrays), perm, None, lens, 16, *lay.kernel_text_segment, 0.3, 1.5, slopes)
     g = torch.randn(q.shape, generator=gen)
     outs = []
     for fn in (att._EagerAttention.apply, att._fwd):

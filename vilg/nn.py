@@ -118,10 +118,12 @@ class SparseAttention(nn.Module):
     D], k, v [B, kv_heads, L, D] (heads a multiple of kv_heads) -> [B, heads, Lq, D]. The
     layout is the key length's; Lq < L (a chunk of queries against a KV cache, causal
     layouts) takes its last Lq rows. attention_mask: a 2-D [B, L] padding mask, left- or
-    right-padded (see `padding_bounds`), in place of key_lens.
+    right-padded (see `padding_bounds`), in place of key_starts / key_lens (left / right
+    padding, see `vilg.ops.sparse_attention`).
 
-    softcap (> 0) and alibi_slopes ([heads] or [B, heads] float32) modify the scores as in
-    flash-attn (they need the kernels' modifiers)."""
+    softcap (> 0) and alibi_slopes ([heads] or [B, heads] float32, a buffer that moves with
+    the module) modify the scores as in flash-attn (they need the kernels' modifiers);
+    forward's alibi_slopes overrides the module's for one call."""
 
     def __init__(
         self,
@@ -157,19 +159,22 @@ class SparseAttention(nn.Module):
     def layout(self, seq_len: int) -> Layout:
         return self.layouts.get(seq_len)
 
-    def forward(self, q, k, v, *, text_lens=None, key_lens=None, attention_mask=None):
+    def forward(self, q, k, v, *, text_lens=None, key_lens=None, attention_mask=None,
+                key_starts=None, alibi_slopes=None):  # fmt: skip
         lay = self.layouts.get(k.shape[2], k.device)
         extra = {}
         if attention_mask is not None:
-            if key_lens is not None:
-                raise ValueError("give key_lens or attention_mask, not both")
-            starts, key_lens = padding_bounds(attention_mask, k.shape[0], k.shape[2])
-            if starts is not None:
-                extra["key_starts"] = starts
+            if key_lens is not None or key_starts is not None:
+                raise ValueError("give key_starts / key_lens or attention_mask, not both")
+            key_starts, key_lens = padding_bounds(attention_mask, k.shape[0], k.shape[2])
+        if key_starts is not None:
+            extra["key_starts"] = key_starts
         if self.softcap:
             extra["softcap"] = self.softcap
-        if self.alibi_slopes is not None:
-            extra["alibi_slopes"] = self.alibi_slopes
+        if alibi_slopes is None and self.alibi_slopes is not None:
+            alibi_slopes = self.alibi_slopes.float()  # a module-wide .to(dtype) may cast it
+        if alibi_slopes is not None:  # the call's ([heads] or [B, heads]) over the module's
+            extra["alibi_slopes"] = alibi_slopes
         return sparse_attention(
             q, k, v, lay, scale=self.scale, text_lens=text_lens, key_lens=key_lens, **extra
         )
@@ -211,6 +216,8 @@ class SparseSelfAttention(nn.Module):
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.qkv = nn.Linear(dim, (heads + 2 * kv_heads) * head_dim, bias=bias)
         self.out = nn.Linear(heads * head_dim, dim, bias=bias)
+        if alibi_slopes is not None and torch.as_tensor(alibi_slopes).shape != (heads,):
+            raise ValueError(f"alibi_slopes must be [heads] = [{heads}]")
         self.attn = SparseAttention(
             layout_fn, scale=scale, cache_size=cache_size, softcap=softcap,
             alibi_slopes=alibi_slopes,
@@ -220,7 +227,7 @@ class SparseSelfAttention(nn.Module):
         self.attn.prepare(*seq_lens, device=device)
         return self
 
-    def forward(self, x, *, text_lens=None, key_lens=None, attention_mask=None):
+    def forward(self, x, *, text_lens=None, key_lens=None, attention_mask=None, key_starts=None):
         if x.dim() != 3:
             raise ValueError(f"x must be [batch, seq, dim], got {list(x.shape)}")
         B, L, _ = x.shape
@@ -228,6 +235,7 @@ class SparseSelfAttention(nn.Module):
         qkv = self.qkv(x).view(B, L, H + 2 * G, D).transpose(1, 2)  # [B, H + 2G, L, D] view
         q, k, v = qkv[:, :H], qkv[:, H : H + G], qkv[:, H + G :]
         o = self.attn(
-            q, k, v, text_lens=text_lens, key_lens=key_lens, attention_mask=attention_mask
-        )
+            q, k, v, text_lens=text_lens, key_lens=key_lens, attention_mask=attention_mask,
+            key_starts=key_starts,
+        )  # fmt: skip
         return self.out(o.transpose(1, 2).reshape(B, L, H * D))

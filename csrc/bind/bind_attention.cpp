@@ -10,13 +10,14 @@
 namespace vilg {
 namespace {
 
-// The layout's arrays, in the order vilg.layouts.Layout.kernel_arrays() returns them.
-// q_len: query rows, seq_len: keys (equal unless the layout is rectangular).
-BlockSparse make_layout(const py::tuple& arrays, int q_len, int seq_len, int block,
+// The layout's kernel arrays, by name (vilg.layouts.Layout._KERNEL_NAMES): a dict of
+// TensorRefs, perm None for sequence order. q_len: query rows, seq_len: keys (equal unless the
+// layout is rectangular).
+BlockSparse make_layout(const py::dict& arrays, int q_len, int seq_len, int block,
                         int text_start, int text_len, int device) {
-  check(arrays.size() == 8, "layout: expected 8 arrays");
-  auto ref = [&](int i, DType dt, const char* name) -> const TensorRef* {
-    const TensorRef* r = opt_ref(arrays[i]);
+  auto ref = [&](const char* name, DType dt) -> const TensorRef* {
+    check(arrays.contains(name), std::string("layout: missing array ") + name);
+    const TensorRef* r = opt_ref(arrays[name]);
     if (!r) return nullptr;
     check_ref(*r, name, dt, dt == DType::I64 ? 3 : 1);
     check(r->contiguous(), std::string("layout: ") + name + " must be contiguous");
@@ -32,11 +33,15 @@ BlockSparse make_layout(const py::tuple& arrays, int q_len, int seq_len, int blo
   ls.block = block;
   ls.num_q_blocks = (q_len + block - 1) / block;
   ls.num_k_blocks = (seq_len + block - 1) / block;
-  const TensorRef* q_ptr = ref(0, DType::I32, "q_ptr");
-  const TensorRef* k_ptr = ref(3, DType::I32, "k_ptr");
-  const TensorRef* masks = ref(6, DType::I64, "masks");
-  const TensorRef* perm = ref(7, DType::I32, "perm");
-  check(q_ptr && k_ptr && masks, "layout: missing arrays");
+  const TensorRef* q_ptr = ref("q_ptr", DType::I32);
+  const TensorRef* q_kv = ref("q_kv", DType::I32);
+  const TensorRef* q_mask = ref("q_mask", DType::I32);
+  const TensorRef* k_ptr = ref("k_ptr", DType::I32);
+  const TensorRef* k_q = ref("k_q", DType::I32);
+  const TensorRef* k_mask = ref("k_mask", DType::I32);
+  const TensorRef* masks = ref("masks", DType::I64);
+  const TensorRef* perm = ref("perm", DType::I32);
+  check(q_ptr && q_kv && q_mask && k_ptr && k_q && k_mask && masks, "layout: missing arrays");
   check(q_ptr->size(0) == ls.num_q_blocks + 1 && k_ptr->size(0) == ls.num_k_blocks + 1,
         "layout: block pointer arrays do not match the sequence length");
   check(masks->size(1) == block, "layout: mask tiles do not match the block size");
@@ -45,11 +50,11 @@ BlockSparse make_layout(const py::tuple& arrays, int q_len, int seq_len, int blo
   check(text_start >= 0 && text_len >= 0 && text_start + text_len <= seq_len,
         "layout: text segment outside the sequence");
   ls.q_ptr = q_ptr->data<int32_t>();
-  ls.q_kv = ref(1, DType::I32, "q_kv")->data<int32_t>();
-  ls.q_mask = ref(2, DType::I32, "q_mask")->data<int32_t>();
+  ls.q_kv = q_kv->data<int32_t>();
+  ls.q_mask = q_mask->data<int32_t>();
   ls.k_ptr = k_ptr->data<int32_t>();
-  ls.k_q = ref(4, DType::I32, "k_q")->data<int32_t>();
-  ls.k_mask = ref(5, DType::I32, "k_mask")->data<int32_t>();
+  ls.k_q = k_q->data<int32_t>();
+  ls.k_mask = k_mask->data<int32_t>();
   ls.masks = masks->data<uint64_t>();
   ls.mask_words = int(masks->size(2));
   ls.perm = perm ? perm->data<int32_t>() : nullptr;
@@ -73,9 +78,40 @@ void set_strides(int64_t* s, const TensorRef& t) {
   for (int i = 0; i < 3; ++i) s[i] = t.stride(i);
 }
 
+// Optional per-sample int32 [batch] array on q's device (key padding bounds).
+const int32_t* opt_lens(const py::object& obj, const char* name, const TensorRef& q) {
+  const TensorRef* t = opt_ref(obj);
+  if (!t) return nullptr;
+  check_ref(*t, name, DType::I32, 1);
+  check(t->size(0) == q.size(0) && t->device == q.device && t->contiguous(),
+        std::string(name) + " must be a contiguous int32 [batch] tensor on q's device");
+  return t->data<int32_t>();
+}
+
+// Soft-cap and ALiBi slopes (float32 [heads] or [batch, heads] on q's device, or None).
+ScoreMods make_mods(float softcap, const py::object& alibi, const TensorRef& q) {
+  ScoreMods m;
+  check(softcap >= 0.f && softcap < __builtin_inff(), "softcap must be finite and >= 0");
+  m.softcap = softcap;
+  if (const TensorRef* a = opt_ref(alibi)) {
+    check(a->dtype == DType::F32, "alibi_slopes must be float32");
+    const bool per_batch = a->dim() == 2;
+    check((a->dim() == 1 && a->size(0) == q.size(1)) ||
+              (per_batch && a->size(0) == q.size(0) && a->size(1) == q.size(1)),
+          "alibi_slopes must be [heads] or [batch, heads]");
+    check(a->contiguous() && a->device == q.device,
+          "alibi_slopes must be contiguous and on q's device");
+    check(a->ptr != 0 || a->numel() == 0, "alibi_slopes is a null buffer");
+    m.alibi = a->data<float>();
+    m.alibi_batch_stride = per_batch ? q.size(1) : 0;
+  }
+  return m;
+}
+
 AttnParams make_params(const TensorRef& q, const TensorRef& k, const TensorRef& v,
                        const TensorRef& o, const TensorRef& lse, const BlockSparse& ls,
-                       const py::object& text_lens, float scale) {
+                       const py::object& keep_lo, const py::object& keep_hi, float scale,
+                       float softcap, const py::object& alibi) {
   check(q.dtype == DType::F32 || q.dtype == DType::F16 || q.dtype == DType::BF16,
         "attention supports float32, float16 and bfloat16");
   check(q.dim() == 4 && k.dim() == 4, "q, k must be [batch, heads, seq, head_dim]");
@@ -97,12 +133,9 @@ AttnParams make_params(const TensorRef& q, const TensorRef& k, const TensorRef& 
   p.kv_group = int(H / Hk);
   p.scale = scale;
   check(p.head_dim > 0 && p.head_dim <= 256, "head_dim must be in 1..256");
-  if (const TensorRef* tl = opt_ref(text_lens)) {
-    check_ref(*tl, "text_lens", DType::I32, 1);
-    check(tl->size(0) == q.size(0) && tl->device == q.device && tl->contiguous(),
-          "text_lens must be a contiguous int32 [batch] tensor on q's device");
-    p.text_lens = tl->data<int32_t>();
-  }
+  p.keep_lo = opt_lens(keep_lo, "keep_lo", q);
+  p.keep_hi = opt_lens(keep_hi, "keep_hi", q);
+  p.mods = make_mods(softcap, alibi, q);
   p.q = (const void*)q.ptr;
   p.k = (const void*)k.ptr;
   p.v = (const void*)v.ptr;
@@ -116,12 +149,14 @@ AttnParams make_params(const TensorRef& q, const TensorRef& k, const TensorRef& 
 }
 
 void attention_fwd(const TensorRef& q, const TensorRef& k, const TensorRef& v,
-                   const TensorRef& o, const TensorRef& lse, const py::tuple& layout,
+                   const TensorRef& o, const TensorRef& lse, const py::dict& layout,
                    int q_len, int seq_len, int block, int text_start, int text_len,
-                   const py::object& text_lens, float scale, uintptr_t stream) {
+                   const py::object& keep_lo, const py::object& keep_hi, float scale,
+                   float softcap, const py::object& alibi, uintptr_t stream) {
   const BlockSparse ls =
       make_layout(layout, q_len, seq_len, block, text_start, text_len, q.device);
-  const AttnParams p = make_params(q, k, v, o, lse, ls, text_lens, scale);
+  const AttnParams p =
+      make_params(q, k, v, o, lse, ls, keep_lo, keep_hi, scale, softcap, alibi);
   if (q.is_cuda()) {
 #ifdef VILG_WITH_CUDA
     cuda::attention_fwd(p, q.dtype, q.device, stream);
@@ -138,12 +173,13 @@ void attention_fwd(const TensorRef& q, const TensorRef& k, const TensorRef& v,
 void attention_bwd(const TensorRef& dout, const TensorRef& q, const TensorRef& k,
                    const TensorRef& v, const TensorRef& o, const TensorRef& lse,
                    const TensorRef& dq, const TensorRef& dk, const TensorRef& dv,
-                   const TensorRef& delta, const py::tuple& layout, int q_len, int seq_len,
-                   int block, int text_start, int text_len, const py::object& text_lens,
-                   float scale, uintptr_t stream) {
+                   const TensorRef& delta, const py::dict& layout, int q_len, int seq_len,
+                   int block, int text_start, int text_len, const py::object& keep_lo,
+                   const py::object& keep_hi, float scale, float softcap,
+                   const py::object& alibi, uintptr_t stream) {
   const BlockSparse ls =
       make_layout(layout, q_len, seq_len, block, text_start, text_len, q.device);
-  AttnParams p = make_params(q, k, v, o, lse, ls, text_lens, scale);
+  AttnParams p = make_params(q, k, v, o, lse, ls, keep_lo, keep_hi, scale, softcap, alibi);
   check_bhld(dout, "grad_out", q, q_len, q.size(1));
   check_bhld(dq, "dq", q, q_len, q.size(1));
   check_bhld(dk, "dk", q, seq_len, k.size(1));

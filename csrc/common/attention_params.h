@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 
+#include "macros.h"
+
 namespace vilg {
 
 struct BlockSparse {
@@ -31,9 +33,21 @@ struct BlockSparse {
   const uint64_t* masks = nullptr;
   int mask_words = 1;
   const int32_t* perm = nullptr;
-  // The text segment [text_start, text_start + text_len) in kernel order, where per-sample
-  // padding (text_lens) masks keys.
+  // The padded segment [text_start, text_start + text_len) in kernel order, inside which
+  // per-sample key padding (AttnParams::keep_lo / keep_hi) masks keys: the text prefix of an
+  // ERNIE layout, or the whole sequence (in sequence order) for key_starts / key_lens.
   int text_start = 0, text_len = 0;
+};
+
+// Score modifiers, applied to each scaled score s = scale * q.k before the softmax (flash-attn's
+// order): soft-capping s = softcap * tanh(s / softcap), then ALiBi s -= slope * |i - j|, with i
+// and j the query's and the key's *sequence* positions (a rectangular layout's query row r is
+// position seq_len - q_len + r; a permutation maps kernel positions back through perm).
+struct ScoreMods {
+  float softcap = 0.f;            // > 0: on
+  const float* alibi = nullptr;   // slopes [batch][heads] or [heads]; null: off
+  int64_t alibi_batch_stride = 0;  // heads for [batch, heads] slopes, 0 for [heads]
+  VILG_HD bool any() const { return softcap > 0.f || alibi != nullptr; }
 };
 
 struct AttnParams {
@@ -43,7 +57,14 @@ struct AttnParams {
   // h / kv_group (transformers' repeat_kv order). 1: as many k/v heads as q heads.
   int kv_group = 1;
   float scale = 1.f;
-  const int32_t* text_lens = nullptr;  // [batch] or null
+  // Per-sample key padding of the segment ls.text_start .. (kernel order): sample b keeps
+  // the segment's keys [keep_lo[b], keep_hi[b]) (relative to its start; clamped to
+  // [0, text_len]) and masks the rest of it: left and right padding. Null: 0 / text_len.
+  // text_lens is keep_hi of an ERNIE text prefix; key_starts / key_lens are keep_lo / keep_hi
+  // of a segment that spans the whole sequence.
+  const int32_t* keep_lo = nullptr;  // [batch] or null
+  const int32_t* keep_hi = nullptr;  // [batch] or null
+  ScoreMods mods;
 
   // Forward: q, k, v -> o, lse. Strides in elements for [batch, heads, seq]; last dim is unit.
   const void* q = nullptr;

@@ -42,11 +42,42 @@ void delta_pass(const AttnParams& p) {
   }
 }
 
+// Score modifiers of the tile pair being computed (null get() when they are off): the slope of
+// the query side's head and, for ALiBi, both sides' sequence positions, set per tile.
+class PairMods {
+ public:
+  PairMods(const AttnParams& p, int bs)
+      : p_(p), bs_(bs), on_(p.mods.any()), alibi_(p.mods.alibi != nullptr), qpos_(bs),
+        kpos_(bs) {
+    tm_.softcap = p.mods.softcap;
+    tm_.qpos = qpos_.data();
+    tm_.kpos = alibi_ ? kpos_.data() : nullptr;
+  }
+  void set_query(int b, int h, int qb) {
+    if (!on_) return;
+    tm_.slope = alibi_slope(p_, b, h);
+    if (alibi_) tile_positions(qpos_.data(), p_.ls, qb * bs_, bs_, true);
+  }
+  void set_key(int kb) {
+    if (alibi_) tile_positions(kpos_.data(), p_.ls, kb * bs_, bs_, false);
+  }
+  const TileMods* get() const { return on_ ? &tm_ : nullptr; }
+
+ private:
+  const AttnParams& p_;
+  int bs_;
+  bool on_, alibi_;
+  TileMods tm_;
+  std::vector<float> qpos_, kpos_;
+};
+
 struct Scratch {
-  std::vector<float> S, dP, acc, acc2;
+  std::vector<float> S, dP, T, acc, acc2;  // T: tanh of the capped scores (soft-cap only)
   std::vector<uint64_t> mask;
-  Scratch(int bs, int Dp)
-      : S(size_t(bs) * bs), dP(size_t(bs) * bs), acc(size_t(bs) * Dp), acc2(size_t(bs) * Dp) {}
+  PairMods mods;
+  Scratch(const AttnParams& p, int bs, int Dp)
+      : S(size_t(bs) * bs), dP(size_t(bs) * bs), T(p.mods.softcap > 0.f ? size_t(bs) * bs : 0),
+        acc(size_t(bs) * Dp), acc2(size_t(bs) * Dp), mods(p, bs) {}
 };
 
 // The float operands of one key tile (K^T and V^T [Dp x bs], K [bs x Dp]) or one query tile
@@ -66,7 +97,9 @@ struct QuerySide {
 };
 
 // P [mq x mk] and dS of one (query tile, key tile) pair into s.S / s.dP, packed with leading
-// dim mk. occ (null for a full tile) skips the 4x16 blocks with no allowed entry.
+// dim mk. occ (null for a full tile) skips the 4x16 blocks with no allowed entry. With score
+// modifiers (s.mods set for this pair) P comes from the modified scores and dS is carried back
+// through the soft-cap (ALiBi's bias is a constant: no factor).
 void pair_grads(Scratch& s, const QuerySide& qs, const KeySide& ks, int bs, int mq, int mk,
                 int Dp, float scale, const uint64_t* rm, int words, const Occupancy* occ) {
   const size_t n = size_t(mq) * mk;
@@ -74,8 +107,12 @@ void pair_grads(Scratch& s, const QuerySide& qs, const KeySide& ks, int bs, int 
   gemm_nn_blocks(mq, mk, Dp, qs.Q, Dp, ks.Kt, bs, s.S.data(), mk, blocks);
   gemm_nn_blocks(mq, mk, Dp, qs.dO, Dp, ks.Vt, bs, s.dP.data(), mk, blocks);
   for (size_t i = 0; i < n; ++i) s.S[i] *= scale;
+  const TileMods* tm = s.mods.get();
+  float* T = s.T.empty() ? nullptr : s.T.data();
+  if (tm) modify_scores(s.S.data(), mq, mk, *tm, T, blocks);
   probs_from_lse(s.S.data(), mq, mk, rm, words, qs.lse, blocks);
   dscores(s.dP.data(), s.S.data(), mq, mk, qs.delta, blocks);
+  if (T) softcap_grad(s.dP.data(), T, mq, mk, blocks);
 }
 
 // dQ += dS K, dV += P^T dO and dK += dS^T Q for one pair (null accumulators are skipped).
@@ -134,7 +171,7 @@ void dq_pass(const AttnParams& p) {
   const int64_t tasks = int64_t(p.batch) * p.heads * ls.num_q_blocks;
 #pragma omp parallel
   {
-    Scratch s(bs, Dp);
+    Scratch s(p, bs, Dp);
     std::vector<float> qbuf(QuerySide::floats(bs, Dp));
     const QuerySide qs(qbuf.data(), bs, Dp);
     TileCache keys(ls.num_k_blocks, KeySide::floats(bs, Dp));
@@ -143,13 +180,16 @@ void dq_pass(const AttnParams& p) {
     for (int64_t t = 0; t < tasks; ++t) {
       const int qb = int(t % ls.num_q_blocks), h = int((t / ls.num_q_blocks) % p.heads);
       const int b = int(t / (int64_t(ls.num_q_blocks) * p.heads));
-      const int tv = text_valid_len(p, b), hk = kv_head(p, h);
+      const KeepRange keep = keep_range(p, b);
+      const int hk = kv_head(p, h);
       load_query_side<T>(qs, p, b, h, qb);
+      s.mods.set_query(b, h, qb);
       std::fill(s.acc.begin(), s.acc.end(), 0.f);
       const int mq = valid16(ls, ls.q_len, qb);
       for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
         const int kb = ls.q_kv[e], mk = valid16(ls, ls.seq_len, kb);
-        const uint64_t* rm = tile_rowmask(s.mask, ls, ls.q_mask[e], kb, tv);
+        s.mods.set_key(kb);
+        const uint64_t* rm = tile_rowmask(s.mask, ls, ls.q_mask[e], kb, keep);
         bool fresh;
         const KeySide ks(keys.get(int64_t(b) * kv_heads(p) + hk, kb, fresh), bs, Dp);
         if (fresh) load_key_side<T>(ks, p, b, hk, kb);
@@ -171,7 +211,7 @@ void dkdv_pass(const AttnParams& p) {
   const int64_t tasks = int64_t(p.batch) * Hk * ls.num_k_blocks;
 #pragma omp parallel
   {
-    Scratch s(bs, Dp);
+    Scratch s(p, bs, Dp);
     std::vector<float> kbuf(KeySide::floats(bs, Dp));
     const KeySide ks(kbuf.data(), bs, Dp);
     TileCache queries(ls.num_q_blocks, QuerySide::floats(bs, Dp));
@@ -180,18 +220,20 @@ void dkdv_pass(const AttnParams& p) {
     for (int64_t t = 0; t < tasks; ++t) {
       const int kb = int(t % ls.num_k_blocks), hk = int((t / ls.num_k_blocks) % Hk);
       const int b = int(t / (int64_t(ls.num_k_blocks) * Hk));
-      const int tv = text_valid_len(p, b);
+      const KeepRange keep = keep_range(p, b);
       load_key_side<T>(ks, p, b, hk, kb);
+      s.mods.set_key(kb);
       std::fill(s.acc.begin(), s.acc.end(), 0.f);   // dK
       std::fill(s.acc2.begin(), s.acc2.end(), 0.f);  // dV
       const int mk = valid16(ls, ls.seq_len, kb);
       for (int h = hk * p.kv_group; h < (hk + 1) * p.kv_group; ++h) {  // the group's q heads
         for (int e = ls.k_ptr[kb]; e < ls.k_ptr[kb + 1]; ++e) {
           const int qb = ls.k_q[e], mq = valid16(ls, ls.q_len, qb);
-          const uint64_t* rm = tile_rowmask(s.mask, ls, ls.k_mask[e], kb, tv);
+          const uint64_t* rm = tile_rowmask(s.mask, ls, ls.k_mask[e], kb, keep);
           bool fresh;
           const QuerySide qs(queries.get(int64_t(b) * p.heads + h, qb, fresh), bs, Dp);
           if (fresh) load_query_side<T>(qs, p, b, h, qb);
+          s.mods.set_query(b, h, qb);
           const Occupancy* o = tile_occupancy(occ, rm, ls.mask_words, mq, mk);
           pair_grads(s, qs, ks, bs, mq, mk, Dp, p.scale, rm, ls.mask_words, o);
           pair_accumulate(s, qs, ks, mq, mk, Dp, o, nullptr, s.acc.data(), s.acc2.data());
@@ -214,7 +256,7 @@ void fused_pass(const AttnParams& p) {
   const int64_t tasks = int64_t(p.batch) * Hk;  // one per (sample, k/v head)
 #pragma omp parallel
   {
-    Scratch s(bs, Dp);
+    Scratch s(p, bs, Dp);
     std::vector<float> qbuf(QuerySide::floats(bs, Dp));
     const QuerySide qs(qbuf.data(), bs, Dp);
     TileCache keys(ls.num_k_blocks, KeySide::floats(bs, Dp));
@@ -223,17 +265,19 @@ void fused_pass(const AttnParams& p) {
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
       const int hk = int(t % Hk), b = int(t / Hk);
-      const int tv = text_valid_len(p, b);
+      const KeepRange keep = keep_range(p, b);
       std::fill(dK.begin(), dK.end(), 0.f);
       std::fill(dV.begin(), dV.end(), 0.f);
       for (int h = hk * p.kv_group; h < (hk + 1) * p.kv_group; ++h) {  // the group's q heads
         for (int qb = 0; qb < ls.num_q_blocks; ++qb) {
           load_query_side<T>(qs, p, b, h, qb);
+          s.mods.set_query(b, h, qb);
           std::fill(s.acc.begin(), s.acc.end(), 0.f);  // dQ
           const int mq = valid16(ls, ls.q_len, qb);
           for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
             const int kb = ls.q_kv[e], mk = valid16(ls, ls.seq_len, kb);
-            const uint64_t* rm = tile_rowmask(s.mask, ls, ls.q_mask[e], kb, tv);
+            s.mods.set_key(kb);
+            const uint64_t* rm = tile_rowmask(s.mask, ls, ls.q_mask[e], kb, keep);
             bool fresh;
             const KeySide ks(keys.get(t, kb, fresh), bs, Dp);
             if (fresh) load_key_side<T>(ks, p, b, hk, kb);

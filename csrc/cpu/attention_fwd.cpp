@@ -1,5 +1,6 @@
 // Block-sparse attention forward on the CPU: online softmax over the allowed key tiles of each
-// query tile, parallel over batch x heads x query tiles. GQA: q head h reads k/v head
+// query tile, parallel over batch x heads x query tiles. Score modifiers (soft-cap, ALiBi) act
+// on each score tile between the product and the softmax. GQA: q head h reads k/v head
 // h / kv_group, and the converted key tiles are cached per (sample, k/v head), so the heads of
 // a group share them.
 #include <cmath>
@@ -22,6 +23,7 @@ void fwd_impl(const AttnParams& p) {
 #pragma omp parallel
   {
     std::vector<float> Q(size_t(bs) * Dp), S(size_t(bs) * bs), O(size_t(bs) * Dp), m(bs), l(bs);
+    std::vector<float> qpos(bs), kpos(bs);
     std::vector<uint64_t> maskbuf;
     TileCache kv(ls.num_k_blocks, 2 * size_t(bs) * Dp);  // K^T [Dp x bs], then V [bs x Dp]
     Occupancy occ;
@@ -30,7 +32,7 @@ void fwd_impl(const AttnParams& p) {
       const int qb = int(t % ls.num_q_blocks);
       const int h = int((t / ls.num_q_blocks) % p.heads);
       const int b = int(t / (int64_t(ls.num_q_blocks) * p.heads));
-      const int tv = text_valid_len(p, b);
+      const KeepRange keep = keep_range(p, b);
       const int hk = kv_head(p, h);
       const int64_t kv_owner = int64_t(b) * kv_heads(p) + hk;
       const T* kbase = slice<const T>(p.k, p.k_s, b, hk);
@@ -44,9 +46,19 @@ void fwd_impl(const AttnParams& p) {
       // Only the rows / columns inside the sequence, rounded up to the microkernel's 16: a short
       // sequence in one 64-wide tile does not pay for the whole tile.
       const int mq = valid16(ls, Lq, qb);
+      // Score modifiers: one branch per tile pair when they are off.
+      const bool mod = p.mods.any(), alibi = p.mods.alibi != nullptr;
+      TileMods tm;
+      if (mod) {
+        tm.softcap = p.mods.softcap;
+        tm.slope = alibi_slope(p, b, h);
+        tm.qpos = qpos.data();
+        tm.kpos = alibi ? kpos.data() : nullptr;
+        if (alibi) tile_positions(qpos.data(), ls, qb * bs, bs, true);
+      }
       for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
         const int kb = ls.q_kv[e], mk = valid16(ls, Lk, kb);
-        const uint64_t* rm = tile_rowmask(maskbuf, ls, ls.q_mask[e], kb, tv);
+        const uint64_t* rm = tile_rowmask(maskbuf, ls, ls.q_mask[e], kb, keep);
         bool fresh;
         float* Kt = kv.get(kv_owner, kb, fresh);
         float* V = Kt + size_t(Dp) * bs;
@@ -60,6 +72,10 @@ void fwd_impl(const AttnParams& p) {
           blocks = occ.rows;
         }
         gemm_nn_blocks(mq, mk, Dp, Q.data(), Dp, Kt, bs, S.data(), mk, blocks);
+        if (mod) {
+          if (alibi) tile_positions(kpos.data(), ls, kb * bs, bs, false);
+          modify_scores(S.data(), mq, mk, tm, nullptr, blocks);
+        }
         softmax_step(S.data(), mq, mk, rm, ls.mask_words, m.data(), l.data(), O.data(), Dp,
                      blocks);
         if (blocks)

@@ -58,19 +58,26 @@ void store_tile(T* base, int64_t row_stride, const float* src, int ld, const Blo
   }
 }
 
-// Row masks of tile entry (mask id `mid`, key tile kb) for a sample with `text_valid` real text
-// tokens, into dst [bs x words]. Returns nullptr when the whole tile is allowed.
+// Row masks of tile entry (mask id `mid`, key tile kb) for a sample keeping `keep` of the
+// padded segment, into dst [bs x words]. Returns nullptr when the whole tile is allowed.
 inline const uint64_t* tile_rowmask(std::vector<uint64_t>& dst, const BlockSparse& ls, int mid,
-                                    int kb, int text_valid) {
-  const bool pad = tile_has_padding(ls, kb, text_valid);
+                                    int kb, KeepRange keep) {
+  const bool pad = tile_has_padding(ls, kb, keep);
   if (mid < 0 && !pad) return nullptr;
   const int words = ls.mask_words, bs = ls.block;
   dst.resize(size_t(bs) * words);
   for (int w = 0; w < words; ++w) {
-    const uint64_t drop = pad ? text_pad_bits(ls, kb, w, text_valid) : 0;
+    const uint64_t drop = pad ? text_pad_bits(ls, kb, w, keep) : 0;
     for (int r = 0; r < bs; ++r) dst[size_t(r) * words + w] = tile_bits(ls, mid, r, w) & ~drop;
   }
   return dst.data();
+}
+
+// Sequence positions (as floats, for ALiBi) of the bs kernel positions p0 .. p0+bs-1 of the
+// query side (query = true) or the key side.
+inline void tile_positions(float* dst, const BlockSparse& ls, int p0, int bs, bool query) {
+  for (int r = 0; r < bs; ++r)
+    dst[r] = float(query ? query_pos(ls, p0 + r) : key_pos(ls, p0 + r));
 }
 
 // Per-thread store of converted tiles of one (batch, head): a key tile that many query tiles

@@ -24,10 +24,14 @@ inline v8f splat(float x) { return v8f{} + x; }
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 const v8i kLanes = {0, 1, 2, 3, 4, 5, 6, 7};
 
-// exp(x) for x <= ~0 (and -inf -> ~0, callers zero masked entries): 2^(x log2 e) = 2^i * 2^f
-// with |f| <= 1/2 and the degree-6 Taylor series of 2^f, about 2 ulp.
+// exp(x) for x <= ~0: 2^(x log2 e) = 2^i * 2^f with |f| <= 1/2 and the degree-6 Taylor series
+// of 2^f, about 2 ulp. Below x = -80 (and for -inf) it returns exactly 0: such a weight is
+// invisible next to the row maximum's 1, and a product of it (P dP, P V) would otherwise be a
+// subnormal float, which x86 computes on a slow microcode path (ALiBi's large negative biases
+// made a backward pass several times slower that way).
 inline v8f exp8(v8f x) {
-  x = x < -87.f ? splat(-87.f) : x;
+  const v8i tiny = x < -80.f;
+  x = tiny ? splat(-80.f) : x;
   const v8f t = x * 1.4426950408889634f;
   const v8f fi = (t + 12582912.f) - 12582912.f;  // round to nearest integer
   const v8f f = t - fi;
@@ -39,7 +43,16 @@ inline v8f exp8(v8f x) {
   p = p * f + 6.9314718055994531e-1f;
   p = p * f + 1.f;
   const v8i bits = (__builtin_convertvector(fi, v8i) + 127) << 23;
-  return p * (v8f)bits;
+  return tiny ? v8f{} : p * (v8f)bits;
+}
+
+// tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|) <= 1: no overflow for any x, and an
+// absolute error near float32's rounding of the capped score.
+inline v8f tanh8(v8f x) {
+  const v8f ax = x < 0.f ? -x : x;
+  const v8f e = exp8(ax * -2.f);
+  const v8f t = (1.f - e) / (1.f + e);
+  return x < 0.f ? -t : t;
 }
 
 // Lanes c..c+7 of a row's mask as all-ones / zero lanes.
@@ -199,6 +212,46 @@ VILG_CPU_CLONES void softmax_step(float* S, int rows, int cols, const uint64_t* 
     if (alpha != 1.f) {
       float* o = O + int64_t(r) * dp;
       for (int d = 0; d < dp; d += 8) st(o + d, ld(o + d) * alpha);
+    }
+  }
+}
+
+VILG_CPU_CLONES void modify_scores(float* S, int rows, int cols, const TileMods& mods, float* T,
+                                   const uint32_t* blocks) {
+  const bool cap = mods.softcap > 0.f;
+  const float inv = cap ? 1.f / mods.softcap : 0.f, slope = mods.slope;
+  for (int r = 0; r < rows; ++r) {
+    float* s = S + int64_t(r) * cols;
+    float* t = T ? T + int64_t(r) * cols : nullptr;
+    const uint32_t live = blocks ? blocks[r / 4] : kAll;
+    const v8f qp = splat(mods.qpos ? mods.qpos[r] : 0.f);
+    for (int c = 0; c < cols; c += 8) {
+      if (!(live >> (c / 16) & 1u)) continue;
+      v8f x = ld(s + c);
+      if (cap) {
+        const v8f th = tanh8(x * inv);
+        if (t) st(t + c, th);
+        x = th * mods.softcap;
+      }
+      if (mods.kpos) {
+        const v8f d = qp - ld(mods.kpos + c);
+        x -= (d < 0.f ? -d : d) * slope;
+      }
+      st(s + c, x);
+    }
+  }
+}
+
+VILG_CPU_CLONES void softcap_grad(float* dS, const float* T, int rows, int cols,
+                                  const uint32_t* blocks) {
+  for (int r = 0; r < rows; ++r) {
+    float* d = dS + int64_t(r) * cols;
+    const float* t = T + int64_t(r) * cols;
+    const uint32_t live = blocks ? blocks[r / 4] : kAll;
+    for (int c = 0; c < cols; c += 8) {
+      if (!(live >> (c / 16) & 1u)) continue;
+      const v8f th = ld(t + c);
+      st(d + c, ld(d + c) * (1.f - th * th));
     }
   }
 }

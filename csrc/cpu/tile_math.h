@@ -46,6 +46,25 @@ void gemm_tn(int m, int n, int k, const float* A, int lda, const float* B, int l
 void softmax_step(float* S, int rows, int cols, const uint64_t* rowmask, int words, float* m,
                   float* l, float* O, int dp, const uint32_t* blocks = nullptr);
 
+// Score modifiers of one tile for one (sample, head): soft-capping (softcap > 0) and ALiBi
+// (kpos non-null): the query rows' and key columns' sequence positions, and the slope.
+struct TileMods {
+  float softcap = 0.f;
+  float slope = 0.f;
+  const float* qpos = nullptr;  // [rows]
+  const float* kpos = nullptr;  // [cols]; null: ALiBi off
+};
+
+// S = softcap * tanh(S / softcap), then S -= slope * |qpos - kpos|, on the 4x16 blocks set in
+// `blocks` (null: all). T (nullable, leading dim cols) receives tanh(S / softcap) for the
+// backward. Masking comes after (it overwrites masked entries).
+void modify_scores(float* S, int rows, int cols, const TileMods& mods, float* T,
+                   const uint32_t* blocks = nullptr);
+
+// Backward through the soft-cap: dS *= 1 - T^2 on the blocks set in `blocks` (null: all).
+void softcap_grad(float* dS, const float* T, int rows, int cols,
+                  const uint32_t* blocks = nullptr);
+
 // Backward: P = exp(S - lse) with masked entries and empty rows (lse = -inf) set to 0, in place.
 void probs_from_lse(float* S, int rows, int cols, const uint64_t* rowmask, int words,
                     const float* lse, const uint32_t* blocks = nullptr);

@@ -11,6 +11,8 @@
 // Warp w owns rows 16w .. 16w+15 of its tile (query rows in 2., key rows in 3.); the other
 // side's tiles are double-buffered with cp.async. All five products are mma.m16n8k16; P and dS
 // go from the f32 accumulator fragments straight into A fragments (no shared-memory trip).
+// Score modifiers (and left padding): kernels 2. and 3. have a Mod = true instantiation that
+// recomputes the modified scores and carries dS back through the soft-cap (dS *= 1 - tanh^2).
 #include "attention_tiles.cuh"
 
 #ifndef VILG_CUDA_EMULATE
@@ -59,7 +61,7 @@ struct DqSmem {
 // -inf) or past L, so that exp2(s - base) = 0 there and no inf - inf arises.
 VILG_DEVICE float lse_base(float lse) { return lse == -kInf ? kInf : lse * kLog2e; }
 
-template <typename T, int D>
+template <typename T, int D, bool Mod>
 __global__ void __launch_bounds__(kThreads)
     attn_bwd_dq_kernel(const AttnParams p, const unsigned vec) {
   using S = Smem<D>;
@@ -75,8 +77,15 @@ __global__ void __launch_bounds__(kThreads)
   const int g = lane >> 2, t = lane & 3;
   const int r0 = 16 * warp;
   const int e0 = ls.q_ptr[qb], ne = ls.q_ptr[qb + 1] - e0;
-  const int tv = text_valid_len(p, b);
+  const KeepRange keep = kernel_keep_range<Mod>(p, b);
   const float sl2 = p.scale * kLog2e;
+  TileMods md{};
+  int qpos[2] = {0, 0};  // sequence positions of rows r0+g, r0+g+8 (ALiBi)
+  if constexpr (Mod) {
+    md = tile_mods(p, b, h);
+    qpos[0] = query_pos(ls, qb * kTile + r0 + g);
+    qpos[1] = query_pos(ls, qb * kTile + r0 + g + 8);
+  }
 
   const int hk = kv_head(p, h), Lq = ls.q_len, Lk = ls.seq_len;
   const uint16_t* kg = slice_ptr(static_cast<const uint16_t*>(p.k), p.k_s, b, hk);
@@ -151,9 +160,9 @@ __global__ void __launch_bounds__(kThreads)
       // P = exp(S scale - lse) on allowed entries (0 elsewhere), dS = P (dP - delta), into s.
       const int kb = ls.q_kv[e0 + i], mid = ls.q_mask[e0 + i];
       uint64_t w[2] = {~uint64_t(0), ~uint64_t(0)};
-      if (entry_masked(ls, mid, kb, tv)) {
-        w[0] = row_bits(ls, mid, kb, r0 + g, tv);
-        w[1] = row_bits(ls, mid, kb, r0 + g + 8, tv);
+      if (entry_masked(ls, mid, kb, keep)) {
+        w[0] = row_bits(ls, mid, kb, r0 + g, keep);
+        w[1] = row_bits(ls, mid, kb, r0 + g + 8, keep);
       }
 #pragma unroll
       for (int j = 0; j < 8; ++j)
@@ -162,8 +171,16 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int c = 8 * j + 2 * t + e;
-            const float pr = (w[r] >> c) & 1u ? exp2f(s[j][2 * r + e] * sl2 - base[r]) : 0.f;
-            s[j][2 * r + e] = pr * (dp[j][2 * r + e] - dl[r]);
+            if constexpr (Mod) {
+              const int kp = md.alibi ? key_pos(ls, kb * kTile + c) : 0;
+              float th;
+              const float x = modified_score(s[j][2 * r + e] * p.scale, md, qpos[r], kp, th);
+              const float pr = (w[r] >> c) & 1u ? exp2f(x * kLog2e - base[r]) : 0.f;
+              s[j][2 * r + e] = pr * (dp[j][2 * r + e] - dl[r]) * (1.f - th * th);
+            } else {
+              const float pr = (w[r] >> c) & 1u ? exp2f(s[j][2 * r + e] * sl2 - base[r]) : 0.f;
+              s[j][2 * r + e] = pr * (dp[j][2 * r + e] - dl[r]);
+            }
           }
 
       // dQ += dS K: K as the k x n operand ([key][dim] in shared memory, hence .trans).
@@ -209,7 +226,7 @@ struct DkvSmem {
 // Key-major mask bits of the calling warp's key rows r0+g and r0+g+8: bit q set = tile-local
 // query q may attend that key (padded text keys: none). A transpose of the query-major masks
 // by ballots; the whole warp must call it.
-VILG_DEVICE void key_major_bits(const BlockSparse& ls, int mid, int kb, int text_valid, int r0,
+VILG_DEVICE void key_major_bits(const BlockSparse& ls, int mid, int kb, KeepRange keep, int r0,
                                 int lane, uint64_t (&wt)[2]) {
   const uint64_t lo = tile_bits(ls, mid, lane, 0), hi = tile_bits(ls, mid, lane + 32, 0);
   const int g = lane >> 2;
@@ -222,7 +239,7 @@ VILG_DEVICE void key_major_bits(const BlockSparse& ls, int mid, int kb, int text
     if (j == g) wt[0] = col;
     if (j == g + 8) wt[1] = col;
   }
-  const uint64_t pad = text_pad_bits(ls, kb, 0, text_valid);
+  const uint64_t pad = text_pad_bits(ls, kb, 0, keep);
   if ((pad >> (r0 + g)) & 1u) wt[0] = 0;
   if ((pad >> (r0 + g + 8)) & 1u) wt[1] = 0;
 }
@@ -252,7 +269,7 @@ VILG_DEVICE void load_query_side(const AttnParams& p, int b, int h, int qb, uint
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, bool Mod>
 __global__ void __launch_bounds__(kThreads)
     attn_bwd_dkdv_kernel(const AttnParams p, const unsigned vec) {
   using S = Smem<D>;
@@ -274,8 +291,13 @@ __global__ void __launch_bounds__(kThreads)
   // Steps i = 0 .. n-1 walk the CSC list once per q head of the group: q head h0 + i / ne,
   // entry e0 + i % ne.
   const int h0 = hk * p.kv_group, n = ne * p.kv_group;
-  const int tv = text_valid_len(p, b);
+  const KeepRange keep = kernel_keep_range<Mod>(p, b);
   const float sl2 = p.scale * kLog2e;
+  int kpos[2] = {0, 0};  // sequence positions of key rows r0+g, r0+g+8 (ALiBi)
+  if constexpr (Mod) {
+    kpos[0] = key_pos(ls, kb * kTile + r0 + (lane >> 2));
+    kpos[1] = key_pos(ls, kb * kTile + r0 + (lane >> 2) + 8);
+  }
 
   float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
@@ -309,7 +331,13 @@ __global__ void __launch_bounds__(kThreads)
 
       const int mid = ls.k_mask[e0 + i % ne];
       uint64_t wt[2] = {~uint64_t(0), ~uint64_t(0)};
-      if (entry_masked(ls, mid, kb, tv)) key_major_bits(ls, mid, kb, tv, r0, lane, wt);
+      if (entry_masked(ls, mid, kb, keep)) key_major_bits(ls, mid, kb, keep, r0, lane, wt);
+      TileMods md{};
+      int qb = 0;  // this step's query tile (ALiBi positions)
+      if constexpr (Mod) {
+        md = tile_mods(p, b, h0 + i / ne);
+        qb = ls.k_q[e0 + i % ne];
+      }
 
 #pragma unroll 1
       for (int qc = 0; qc < kTile; qc += kQC) {
@@ -343,11 +371,23 @@ __global__ void __launch_bounds__(kThreads)
           for (int e = 0; e < 2; ++e) {
             const int q = qc + 8 * j + 2 * t + e;
             const float base = lds_f32(lt + q), dl = lds_f32(dt + q);
+            if constexpr (Mod) {
+              const int qp = md.alibi ? query_pos(ls, qb * kTile + q) : 0;
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-              const float pr = (wt[r] >> q) & 1u ? exp2f(st[j][2 * r + e] * sl2 - base) : 0.f;
-              st[j][2 * r + e] = pr;
-              dpt[j][2 * r + e] = pr * (dpt[j][2 * r + e] - dl);
+              for (int r = 0; r < 2; ++r) {
+                float th;
+                const float x = modified_score(st[j][2 * r + e] * p.scale, md, qp, kpos[r], th);
+                const float pr = (wt[r] >> q) & 1u ? exp2f(x * kLog2e - base) : 0.f;
+                st[j][2 * r + e] = pr;
+                dpt[j][2 * r + e] = pr * (dpt[j][2 * r + e] - dl) * (1.f - th * th);
+              }
+            } else {
+#pragma unroll
+              for (int r = 0; r < 2; ++r) {
+                const float pr = (wt[r] >> q) & 1u ? exp2f(st[j][2 * r + e] * sl2 - base) : 0.f;
+                st[j][2 * r + e] = pr;
+                dpt[j][2 * r + e] = pr * (dpt[j][2 * r + e] - dl);
+              }
             }
           }
         // dV += P^T dO and dK += dS^T Q, with dO / Q as k x n operands (.trans).
@@ -400,7 +440,7 @@ void launch_delta(const AttnParams& p, cudaStream_t stream) {
   check_launch("attention backward (delta)");
 }
 
-template <typename T, int D>
+template <typename T, int D, bool Mod>
 void launch_bwd(const AttnParams& p, cudaStream_t stream) {
   const unsigned vec =
       (aligned16(p.q, p.q_s) ? kVecQ : 0u) | (aligned16(p.k, p.k_s) ? kVecK : 0u) |
@@ -409,7 +449,7 @@ void launch_bwd(const AttnParams& p, cudaStream_t stream) {
       (aligned16(p.dv, p.dv_s) ? kVecDV : 0u);
   {
     constexpr int smem = DqSmem<D>::kBytes;
-    auto kernel = attn_bwd_dq_kernel<T, D>;
+    auto kernel = attn_bwd_dq_kernel<T, D, Mod>;
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                "attention backward (dq): shared memory opt-in");
     const dim3 grid(unsigned(p.ls.num_q_blocks), unsigned(p.heads), unsigned(p.batch));
@@ -418,7 +458,7 @@ void launch_bwd(const AttnParams& p, cudaStream_t stream) {
   }
   {
     constexpr int smem = DkvSmem<D>::kBytes;
-    auto kernel = attn_bwd_dkdv_kernel<T, D>;
+    auto kernel = attn_bwd_dkdv_kernel<T, D, Mod>;
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
                "attention backward (dk/dv): shared memory opt-in");
     const dim3 grid(unsigned(p.ls.num_k_blocks), unsigned(kv_heads(p)), unsigned(p.batch));
@@ -427,14 +467,22 @@ void launch_bwd(const AttnParams& p, cudaStream_t stream) {
   }
 }
 
-template <typename T>
+template <typename T, bool Mod>
 void launch_bwd_dim(const AttnParams& p, cudaStream_t stream) {
   switch (p.head_dim) {
-    case 32: return launch_bwd<T, 32>(p, stream);
-    case 64: return launch_bwd<T, 64>(p, stream);
-    case 128: return launch_bwd<T, 128>(p, stream);
+    case 32: return launch_bwd<T, 32, Mod>(p, stream);
+    case 64: return launch_bwd<T, 64, Mod>(p, stream);
+    case 128: return launch_bwd<T, 128, Mod>(p, stream);
     default: fail("CUDA sparse_attention supports head_dim 32, 64 or 128");
   }
+}
+
+template <typename T>
+void launch_bwd_mods(const AttnParams& p, cudaStream_t stream) {
+  if (needs_mod_kernel(p))
+    launch_bwd_dim<T, true>(p, stream);
+  else
+    launch_bwd_dim<T, false>(p, stream);
 }
 
 #endif  // !VILG_CUDA_EMULATE
@@ -461,8 +509,8 @@ void attention_bwd(const AttnParams& p, DType dtype, int device, uintptr_t strea
   launch_attention_delta(p, dtype, s);
   switch (dtype) {
     case DType::F32: return simt_attention_bwd(p, s);
-    case DType::F16: return launch_bwd_dim<f16>(p, s);
-    case DType::BF16: return launch_bwd_dim<bf16>(p, s);
+    case DType::F16: return launch_bwd_mods<f16>(p, s);
+    case DType::BF16: return launch_bwd_mods<bf16>(p, s);
     default: fail("attention: unsupported dtype");
   }
 }

@@ -6,8 +6,9 @@
 // mma.m16n8k16; the online softmax stays in registers in the log2 domain (scores pre-scaled
 // by scale * log2 e, exp2). The in-tile bit mask (and per-sample text padding) is applied only
 // to tiles that are partial or touch padded text. GQA: q head h reads k/v head h / kv_group.
-// A rectangular layout (q_len < seq_len) only changes the query side's row count. fp32 inputs
-// take the SIMT reference path (attention_simt.cu).
+// A rectangular layout (q_len < seq_len) only changes the query side's row count. Score
+// modifiers (soft-cap, ALiBi) and left padding run in a separate instantiation (Mod = true);
+// the modifiers act on the score fragments before masking. fp32 inputs take the SIMT reference path (attention_simt.cu).
 #include "attention_tiles.cuh"
 
 #ifndef VILG_CUDA_EMULATE
@@ -62,7 +63,7 @@ VILG_DEVICE void softmax_step(float (&s)[8][4], float (&m)[2], float (&l)[2],
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, bool Mod>
 __global__ void __launch_bounds__(kThreads)
     attn_fwd_kernel(const AttnParams p, const unsigned vec) {
   using S = Smem<D>;
@@ -77,8 +78,15 @@ __global__ void __launch_bounds__(kThreads)
   const int g = lane >> 2, t = lane & 3;
   const int r0 = 16 * warp;  // first tile row of this warp
   const int e0 = ls.q_ptr[qb], ne = ls.q_ptr[qb + 1] - e0;
-  const int tv = text_valid_len(p, b);
+  const KeepRange keep = kernel_keep_range<Mod>(p, b);
   const float sl2 = p.scale * kLog2e;
+  TileMods md{};
+  int qpos[2] = {0, 0};  // sequence positions of rows r0+g, r0+g+8 (ALiBi)
+  if constexpr (Mod) {
+    md = tile_mods(p, b, h);
+    qpos[0] = query_pos(ls, qb * kTile + r0 + g);
+    qpos[1] = query_pos(ls, qb * kTile + r0 + g + 8);
+  }
 
   const uint16_t* qg = slice_ptr(static_cast<const uint16_t*>(p.q), p.q_s, b, h);
   const int hk = kv_head(p, h), Lq = ls.q_len, Lk = ls.seq_len;
@@ -135,15 +143,29 @@ __global__ void __launch_bounds__(kThreads)
           mma16816<T>(s[2 * n2], qf[kk], bf[0], bf[1]);
           mma16816<T>(s[2 * n2 + 1], qf[kk], bf[2], bf[3]);
         }
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[j][e] *= sl2;  // before masking: scale may be negative
-
       const int kb = ls.q_kv[e0 + i], mid = ls.q_mask[e0 + i];
-      if (entry_masked(ls, mid, kb, tv))
-        mask_scores(s, row_bits(ls, mid, kb, r0 + g, tv), row_bits(ls, mid, kb, r0 + g + 8, tv),
-                    t);
+      if constexpr (Mod) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int kp = md.alibi ? key_pos(ls, kb * kTile + 8 * j + 2 * t + e) : 0;
+            float th;
+#pragma unroll
+            for (int r = 0; r < 2; ++r)
+              s[j][2 * r + e] =
+                  modified_score(s[j][2 * r + e] * p.scale, md, qpos[r], kp, th) * kLog2e;
+          }
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[j][e] *= sl2;  // before masking: scale may be negative
+      }
+
+      if (entry_masked(ls, mid, kb, keep))
+        mask_scores(s, row_bits(ls, mid, kb, r0 + g, keep),
+                    row_bits(ls, mid, kb, r0 + g + 8, keep), t);
       softmax_step<D>(s, m, l, o);
 
       // O += P V, P taken from the score accumulators: n8 tiles 2kk, 2kk+1 of S form the
@@ -192,7 +214,8 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, int D>
 void launch_fwd(const AttnParams& p, cudaStream_t stream) {
   constexpr int smem = FwdSmem<D>::kBytes;
-  auto kernel = attn_fwd_kernel<T, D>;
+  auto kernel =
+      needs_mod_kernel(p) ? attn_fwd_kernel<T, D, true> : attn_fwd_kernel<T, D, false>;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
              "attention forward: shared memory opt-in");
   const unsigned vec = (aligned16(p.q, p.q_s) ? kVecQ : 0u) | (aligned16(p.k, p.k_s) ? kVecK : 0u) |

@@ -4,7 +4,8 @@
 // bf16 kernels. One warp per row; lanes split the head dimension; keys are visited one by one
 // with a scalar online softmax. Backward: dQ per query row over its CSR tiles, dK / dV per key
 // row over its CSC tiles (no atomics, deterministic), after the shared delta kernel. GQA: q head
-// h reads k/v head h / kv_group; a k/v row's warp sums over the q heads of its group.
+// h reads k/v head h / kv_group; a k/v row's warp sums over the q heads of its group. Score
+// modifiers: a warp-uniform branch per key (this path is the reference, not the fast one).
 #include "attention_tiles.cuh"
 
 #ifndef VILG_CUDA_EMULATE
@@ -61,7 +62,10 @@ __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_fwd_kernel(const AttnP
   const int h = int(blockIdx.y), b = int(blockIdx.z);
   if (pos >= ls.q_len) return;  // whole warps only; no block-wide barriers below
   const int qb = pos / kTile, r = pos % kTile, row = seq_row(ls, pos);
-  const int tv = text_valid_len(p, b), hk = kv_head(p, h);
+  const KeepRange keep = keep_range(p, b);
+  const int hk = kv_head(p, h), qp = query_pos(ls, pos);
+  const bool mod = p.mods.any();
+  const TileMods md = tile_mods(p, b, h);
   float q[D / 32], acc[D / 32];
   load_row<D>(q, row_ptr(p.q, p.q_s, b, h, row), lane);
 #pragma unroll
@@ -69,11 +73,13 @@ __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_fwd_kernel(const AttnP
   float m = -kInf, l = 0.f;
   for (int e = ls.q_ptr[qb]; e < ls.q_ptr[qb + 1]; ++e) {
     const int kb = ls.q_kv[e];
-    const uint64_t bits = row_bits(ls, ls.q_mask[e], kb, r, tv);
+    const uint64_t bits = row_bits(ls, ls.q_mask[e], kb, r, keep);
     for (int c = 0; c < kTile; ++c) {
       if (!((bits >> c) & 1u)) continue;  // warp-uniform; set bits are keys inside [0, L)
       const int krow = seq_row(ls, kb * kTile + c);
-      const float s = dot_row<D>(q, row_ptr(p.k, p.k_s, b, hk, krow), lane) * p.scale;
+      float s = dot_row<D>(q, row_ptr(p.k, p.k_s, b, hk, krow), lane) * p.scale;
+      float th;
+      if (mod) s = modified_score(s, md, qp, krow, th);
       if (s > m) {  // new max: rescale what was accumulated (nothing yet when m = -inf)
         const float alpha = m == -kInf ? 0.f : expf(m - s);
         l *= alpha;
@@ -102,7 +108,10 @@ __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_dq_kernel(const AttnPa
   const int h = int(blockIdx.y), b = int(blockIdx.z);
   if (pos >= ls.q_len) return;
   const int qb = pos / kTile, r = pos % kTile, row = seq_row(ls, pos);
-  const int tv = text_valid_len(p, b), hk = kv_head(p, h);
+  const KeepRange keep = keep_range(p, b);
+  const int hk = kv_head(p, h), qp = query_pos(ls, pos);
+  const bool mod = p.mods.any();
+  const TileMods md = tile_mods(p, b, h);
   const int64_t at = (int64_t(b) * p.heads + h) * ls.q_len + row;
   const float lse = p.lse[at], dl = p.delta[at];
   float q[D / 32], go[D / 32], acc[D / 32];
@@ -113,13 +122,16 @@ __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_dq_kernel(const AttnPa
   const int e_end = lse == -kInf ? ls.q_ptr[qb] : ls.q_ptr[qb + 1];  // empty row: dq = 0
   for (int e = ls.q_ptr[qb]; e < e_end; ++e) {
     const int kb = ls.q_kv[e];
-    const uint64_t bits = row_bits(ls, ls.q_mask[e], kb, r, tv);
+    const uint64_t bits = row_bits(ls, ls.q_mask[e], kb, r, keep);
     for (int c = 0; c < kTile; ++c) {
       if (!((bits >> c) & 1u)) continue;
       const int krow = seq_row(ls, kb * kTile + c);
       const float* k = row_ptr(p.k, p.k_s, b, hk, krow);
-      const float pr = expf(dot_row<D>(q, k, lane) * p.scale - lse);
-      const float ds = pr * (dot_row<D>(go, row_ptr(p.v, p.v_s, b, hk, krow), lane) - dl);
+      float s = dot_row<D>(q, k, lane) * p.scale, th = 0.f;
+      if (mod) s = modified_score(s, md, qp, krow, th);
+      const float pr = expf(s - lse);
+      const float ds =
+          pr * (dot_row<D>(go, row_ptr(p.v, p.v_s, b, hk, krow), lane) - dl) * (1.f - th * th);
 #pragma unroll
       for (int i = 0; i < D / 32; ++i) acc[i] += ds * k[lane + 32 * i];
     }
@@ -136,8 +148,8 @@ __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_dkdv_kernel(const Attn
   const int hk = int(blockIdx.y), b = int(blockIdx.z);
   if (pos >= ls.seq_len) return;
   const int kb = pos / kTile, c = pos % kTile, row = seq_row(ls, pos);
-  const int tv = text_valid_len(p, b);
-  const bool padded = (text_pad_bits(ls, kb, 0, tv) >> c) & 1u;  // masked for every query
+  const bool padded = (text_pad_bits(ls, kb, 0, keep_range(p, b)) >> c) & 1u;  // every query
+  const bool mod = p.mods.any();
   float k[D / 32], v[D / 32], gk[D / 32], gv[D / 32];
   load_row<D>(k, row_ptr(p.k, p.k_s, b, hk, row), lane);
   load_row<D>(v, row_ptr(p.v, p.v_s, b, hk, row), lane);
@@ -145,6 +157,7 @@ __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_dkdv_kernel(const Attn
   for (int i = 0; i < D / 32; ++i) gk[i] = gv[i] = 0.f;
   const int e_end = padded ? ls.k_ptr[kb] : ls.k_ptr[kb + 1];
   for (int h = hk * p.kv_group; h < (hk + 1) * p.kv_group; ++h) {
+    const TileMods md = tile_mods(p, b, h);
     for (int e = ls.k_ptr[kb]; e < e_end; ++e) {
       const int64_t off = (int64_t(b) * p.heads + h) * ls.q_len;
       const int qb = ls.k_q[e], mid = ls.k_mask[e];
@@ -155,8 +168,10 @@ __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_dkdv_kernel(const Attn
         if (lse == -kInf) continue;
         const float* q = row_ptr(p.q, p.q_s, b, h, qrow);
         const float* go = row_ptr(p.dout, p.do_s, b, h, qrow);
-        const float pr = expf(dot_row<D>(k, q, lane) * p.scale - lse);
-        const float ds = pr * (dot_row<D>(v, go, lane) - p.delta[off + qrow]);
+        float s = dot_row<D>(k, q, lane) * p.scale, th = 0.f;
+        if (mod) s = modified_score(s, md, query_pos(ls, qb * kTile + r), row, th);
+        const float pr = expf(s - lse);
+        const float ds = pr * (dot_row<D>(v, go, lane) - p.delta[off + qrow]) * (1.f - th * th);
 #pragma unroll
         for (int i = 0; i < D / 32; ++i) {
           gv[i] += pr * go[lane + 32 * i];

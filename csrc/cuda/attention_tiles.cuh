@@ -98,14 +98,59 @@ VILG_DEVICE void store_warp_rows(uint16_t* s, int r0, const float (&acc)[D / 8][
 }
 
 // Does CSR/CSC entry (mask id mid, key tile kb) need its in-tile mask for this sample?
-VILG_DEVICE bool entry_masked(const BlockSparse& ls, int mid, int kb, int text_valid) {
-  return mid >= 0 || tile_has_padding(ls, kb, text_valid);
+VILG_DEVICE bool entry_masked(const BlockSparse& ls, int mid, int kb, KeepRange keep) {
+  return mid >= 0 || tile_has_padding(ls, kb, keep);
 }
 
-// Allowed key columns (bit c = tile-local key c) of tile-local query row r, padded text keys
+// Allowed key columns (bit c = tile-local key c) of tile-local query row r, padded keys
 // cleared. Requires the 64-column tile of the CUDA kernels (one mask word per row).
-VILG_DEVICE uint64_t row_bits(const BlockSparse& ls, int mid, int kb, int r, int text_valid) {
-  return tile_bits(ls, mid, r, 0) & ~text_pad_bits(ls, kb, 0, text_valid);
+VILG_DEVICE uint64_t row_bits(const BlockSparse& ls, int mid, int kb, int r, KeepRange keep) {
+  return tile_bits(ls, mid, r, 0) & ~text_pad_bits(ls, kb, 0, keep);
+}
+
+// Score modifiers (ScoreMods) of one (sample, q head). The kernels that use them, or left
+// padding (keep_lo), are instantiated separately (a `Mod` template flag), so that without them
+// not even the branches remain.
+VILG_HD bool needs_mod_kernel(const AttnParams& p) { return p.mods.any() || p.keep_lo; }
+
+// The kept key range of sample b: both ends in a Mod kernel, the right end only otherwise.
+template <bool Mod>
+VILG_DEVICE KeepRange kernel_keep_range(const AttnParams& p, int b) {
+  if constexpr (Mod)
+    return keep_range(p, b);
+  else
+    return keep_range_right(p, b);
+}
+
+struct TileMods {
+  float cap, inv_cap, slope;  // cap 0: no soft-cap; slope 0 with alibi false
+  bool alibi;
+};
+
+VILG_DEVICE TileMods tile_mods(const AttnParams& p, int b, int h) {
+  const float cap = p.mods.softcap;
+  return {cap, cap > 0.f ? 1.f / cap : 0.f, alibi_slope(p, b, h), p.mods.alibi != nullptr};
+}
+
+// tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|) <= 1: absolute error near float32
+// rounding (like the CPU kernels' tanh). Not tanhf, which --use_fast_math turns into
+// tanh.approx.f32 (relative error ~2^-11: too coarse for the fp32 path with a large cap).
+VILG_DEVICE float tanh_accurate(float x) {
+  const float e = expf(-2.f * fabsf(x));
+  return copysignf((1.f - e) / (1.f + e), x);
+}
+
+// The modified score of a scaled score x = scale * q.k, for a query at sequence position qp
+// and a key at kp: softcap * tanh(x / softcap), then - slope * |qp - kp|. th receives the tanh
+// (0 without soft-cap), so the backward's factor d(score)/dx is 1 - th * th either way.
+VILG_DEVICE float modified_score(float x, const TileMods& m, int qp, int kp, float& th) {
+  th = 0.f;
+  if (m.cap > 0.f) {
+    th = tanh_accurate(x * m.inv_cap);
+    x = m.cap * th;
+  }
+  if (m.alibi) x -= m.slope * fabsf(float(qp - kp));
+  return x;
 }
 
 // Score fragments s[n8 tile j][4] of a warp's 16 rows x 64 keys: entries (row g, keys 8j+2t,

@@ -115,7 +115,10 @@ static void launch_gpu_fwd(AttnParams& p, unsigned vec) {
                 [&] { simt_fwd_kernel<D>(p); });
   } else {
     emu::launch(emu::Dim3{unsigned(p.ls.num_q_blocks), unsigned(p.heads), unsigned(p.batch)}, kThreads,
-                FwdSmem<D>::kBytes, [&] { attn_fwd_kernel<E, D>(p, vec); });
+                FwdSmem<D>::kBytes, [&] {
+                  if (needs_mod_kernel(p)) attn_fwd_kernel<E, D, true>(p, vec);
+                  else attn_fwd_kernel<E, D, false>(p, vec);
+                });
   }
 }
 
@@ -130,10 +133,17 @@ static void launch_gpu_bwd(AttnParams& p, unsigned vec) {
     emu::launch(grid, 128, 0, [&] { simt_dq_kernel<D>(p); });
     emu::launch(kgrid, 128, 0, [&] { simt_dkdv_kernel<D>(p); });
   } else {
+    const bool mod = needs_mod_kernel(p);
     emu::launch(emu::Dim3{unsigned(p.ls.num_q_blocks), unsigned(p.heads), unsigned(p.batch)}, kThreads,
-                DqSmem<D>::kBytes, [&] { attn_bwd_dq_kernel<E, D>(p, vec); });
+                DqSmem<D>::kBytes, [&] {
+                  if (mod) attn_bwd_dq_kernel<E, D, true>(p, vec);
+                  else attn_bwd_dq_kernel<E, D, false>(p, vec);
+                });
     emu::launch(emu::Dim3{unsigned(p.ls.num_k_blocks), hk, unsigned(p.batch)}, kThreads,
-                DkvSmem<D>::kBytes, [&] { attn_bwd_dkdv_kernel<E, D>(p, vec); });
+                DkvSmem<D>::kBytes, [&] {
+                  if (mod) attn_bwd_dkdv_kernel<E, D, true>(p, vec);
+                  else attn_bwd_dkdv_kernel<E, D, false>(p, vec);
+                });
   }
 }
 
@@ -141,15 +151,14 @@ static void launch_gpu_bwd(AttnParams& p, unsigned vec) {
 // float64 dense reference from the kernel-order layout: o, lse, dq, dk, dv in sequence rows.
 struct Ref64 { std::vector<double> o, lse, dq, dk, dv; };
 template <typename E>
-static Ref64 ref64(LayoutData& lay, const AttnParams& p, Tensor<E>& q, Tensor<E>& k, Tensor<E>& v, Tensor<E>& go,
-                   const std::vector<int32_t>& lens) {
-  const BlockSparse& ls = lay.ls;
+static Ref64 ref64(const AttnParams& p, Tensor<E>& q, Tensor<E>& k, Tensor<E>& v, Tensor<E>& go) {
+  const BlockSparse& ls = p.ls;  // the layout's, with the case's padded segment
   const int L = ls.seq_len, Lq = ls.q_len, B = p.batch, H = p.heads, D = p.head_dim, G = p.kv_group;
   Ref64 r;
   const size_t nq = size_t(B) * H * Lq * D, nk = size_t(B) * (H / G) * L * D;
   r.o.assign(nq, 0); r.dq.assign(nq, 0); r.dk.assign(nk, 0); r.dv.assign(nk, 0); r.lse.assign(size_t(B) * H * Lq, 0);
   for (int b = 0; b < B; ++b) {
-    const int tv = lens.empty() ? ls.text_len : lens[b];
+    const KeepRange keep = keep_range(p, b);
     // allowed[qrow][krow] in sequence rows
     std::vector<char> allow(size_t(Lq) * L, 0);
     for (int qb = 0; qb < ls.num_q_blocks; ++qb)
@@ -158,7 +167,7 @@ static Ref64 ref64(LayoutData& lay, const AttnParams& p, Tensor<E>& q, Tensor<E>
         for (int rr = 0; rr < 64; ++rr) {
           const int qp = qb * 64 + rr;
           if (qp >= Lq) continue;
-          const uint64_t w = tile_bits(ls, ls.q_mask[e], rr, 0) & ~text_pad_bits(ls, kb, 0, tv);
+          const uint64_t w = tile_bits(ls, ls.q_mask[e], rr, 0) & ~text_pad_bits(ls, kb, 0, keep);
           for (int c = 0; c < 64; ++c)
             if ((w >> c) & 1) allow[size_t(seq_row(ls, qp)) * L + seq_row(ls, kb * 64 + c)] = 1;
         }
@@ -166,13 +175,17 @@ static Ref64 ref64(LayoutData& lay, const AttnParams& p, Tensor<E>& q, Tensor<E>
     for (int h = 0; h < H; ++h) {
       auto X = [&](Tensor<E>& t, int l, int d) { return double(to_float(t.at(b, h, l, d))); };
       auto Y = [&](Tensor<E>& t, int l, int d) { return double(to_float(t.at(b, h / G, l, d))); };
-      std::vector<double> P(size_t(Lq) * L, 0), dS(size_t(Lq) * L, 0);
+      std::vector<double> P(size_t(Lq) * L, 0), dS(size_t(Lq) * L, 0), TH(size_t(Lq) * L, 0);
+      const double cap = p.mods.softcap, slope = alibi_slope(p, b, h);
       for (int i = 0; i < Lq; ++i) {
         double mx = -INFINITY;
         std::vector<double> s(L, -INFINITY);
         for (int j = 0; j < L; ++j) if (allow[size_t(i) * L + j]) {
           double acc = 0; for (int d = 0; d < D; ++d) acc += X(q, i, d) * Y(k, j, d);
-          s[j] = acc * p.scale; mx = std::max(mx, s[j]);
+          s[j] = acc * p.scale;
+          if (cap > 0) { TH[size_t(i) * L + j] = std::tanh(s[j] / cap); s[j] = cap * TH[size_t(i) * L + j]; }
+          s[j] -= slope * std::fabs(double(i + L - Lq - j));  // q row i is position i + L - Lq
+          mx = std::max(mx, s[j]);
         }
         const size_t row = (size_t(b) * H + h) * Lq + i;
         if (mx == -INFINITY) { r.lse[row] = -INFINITY; continue; }
@@ -183,7 +196,8 @@ static Ref64 ref64(LayoutData& lay, const AttnParams& p, Tensor<E>& q, Tensor<E>
         double delta = 0; for (int d = 0; d < D; ++d) delta += r.o[row * D + d] * X(go, i, d);
         for (int j = 0; j < L; ++j) if (P[size_t(i) * L + j] != 0) {
           double dp = 0; for (int d = 0; d < D; ++d) dp += X(go, i, d) * Y(v, j, d);
-          dS[size_t(i) * L + j] = P[size_t(i) * L + j] * (dp - delta);
+          const double th = TH[size_t(i) * L + j];
+          dS[size_t(i) * L + j] = P[size_t(i) * L + j] * (dp - delta) * (1 - th * th);
         }
       }
       const size_t base = (size_t(b) * H + h) * Lq, kbase = (size_t(b) * (H / G) + h / G) * L;
@@ -211,8 +225,16 @@ static double err64(Tensor<E>& t, const std::vector<double>& ref) {
 }
 static int failures = 0;
 
+// Case flags (the harness's 5th argument): which per-sample padding and score modifiers.
+enum CaseFlags : int {
+  kTextPad = 1,   // text_lens-style right padding of the layout's text segment
+  kSoftcap = 2,   // soft-capping
+  kAlibi = 4,     // ALiBi slopes per sample x head
+  kKeyRange = 8,  // key_starts / key_lens: the padded segment is the whole sequence, both ends cut
+};
+
 template <typename E, int D>
-static void run_case(const std::string& name, LayoutData& lay, int mode, bool padded, uint32_t seed,
+static void run_case(const std::string& name, LayoutData& lay, int mode, int flags, uint32_t seed,
                      float scale_mul = 1.f) {
   // GQA layouts ("gqa_..."): 4 q heads on 2 k/v heads; otherwise 2 and 2.
   const int G = name.rfind("gqa_", 0) == 0 ? 2 : 1;
@@ -225,15 +247,27 @@ static void run_case(const std::string& name, LayoutData& lay, int mode, bool pa
     for (int b = 0; b < t->B; ++b) for (int h = 0; h < t->H; ++h) for (int l = 0; l < t->L; ++l) for (int d = 0; d < D; ++d)
       t->at(b, h, l, d) = from_float<E>(nd(rng));
   }
-  std::vector<int32_t> lens;
-  if (padded && lay.ls.text_len > 0) {
+  const bool padded = flags & kTextPad;
+  std::vector<int32_t> lens, starts;
+  AttnParams p;
+  p.ls = lay.ls;
+  if (flags & kKeyRange) {  // sample 0 keeps [L/3, L), sample 1 [5, L - 17) (clamped)
+    p.ls.text_start = 0;
+    p.ls.text_len = L;
+    starts = {L / 3, 5};
+    lens = {L, L - 17};
+  } else if (padded && lay.ls.text_len > 0) {
     lens = {0, lay.ls.text_len / 3 + 1};  // sample 0: all text padded; sample 1: partly
     if (lens[1] > lay.ls.text_len) lens[1] = lay.ls.text_len;
   }
-  AttnParams p;
-  p.ls = lay.ls; p.batch = B; p.heads = H; p.head_dim = D; p.kv_group = G;
+  std::vector<float> slopes(size_t(B) * H);
+  for (size_t i = 0; i < slopes.size(); ++i) slopes[i] = 0.05f + 0.6f * float(i) / float(slopes.size());
+  p.batch = B; p.heads = H; p.head_dim = D; p.kv_group = G;
   p.scale = scale_mul / std::sqrt(float(D));
-  p.text_lens = lens.empty() ? nullptr : lens.data();
+  p.keep_hi = lens.empty() ? nullptr : lens.data();
+  p.keep_lo = starts.empty() ? nullptr : starts.data();
+  if (flags & kSoftcap) p.mods.softcap = 1.5f;
+  if (flags & kAlibi) { p.mods.alibi = slopes.data(); p.mods.alibi_batch_stride = H; }
   p.q = q.ptr(); p.k = k.ptr(); p.v = v.ptr();
   for (int i = 0; i < 3; ++i) { p.q_s[i] = q.s[i]; p.k_s[i] = k.s[i]; p.v_s[i] = v.s[i]; }
 
@@ -306,31 +340,31 @@ static void run_case(const std::string& name, LayoutData& lay, int mode, bool pa
                   ev.rel() <= tol * 2 && lse_err < 1e-3 && delta_err < 1e-2;
   if (!ok) ++failures;
   if (std::getenv("REF64")) {
-    Ref64 R = ref64(lay, p, q, k, v, go, lens);
+    Ref64 R = ref64(p, q, k, v, go);
     // backward of the GPU path ran on the CPU's o/lse; compare all against float64
     std::printf("  vs float64: o %.2e dq %.2e dk %.2e dv %.2e | cpu o %.2e dq %.2e\n", err64(o_gpu, R.o), err64(dq_gpu, R.dq),
                 err64(dk_gpu, R.dk), err64(dv_gpu, R.dv), err64(o_ref, R.o), err64(dq_ref, R.dq));
   }
-  std::printf("%-4s %-26s D=%3d mode=%d pad=%d | o %.2e lse %.1e (empty %ld) | dq %.2e dk %.2e dv %.2e delta %.1e | "
+  std::printf("%-4s %-26s D=%3d mode=%d flags=%d | o %.2e lse %.1e (empty %ld) | dq %.2e dk %.2e dv %.2e delta %.1e | "
               "nan o/dq/dk/dv %ld/%ld/%ld/%ld lsebad %ld gaps %ld/%ld | %.1fs %s\n",
               std::is_same_v<E, float> ? "f32" : std::is_same_v<E, f16_t> ? "f16" : "bf16", name.c_str(), D, mode,
-              int(padded), eo.rel(), lse_err, empty_rows, eq.rel(), ek.rel(), ev.rel(), delta_err, eo.bad, eq.bad,
+              flags, eo.rel(), lse_err, empty_rows, eq.rel(), ek.rel(), ev.rel(), delta_err, eo.bad, eq.bad,
               ek.bad, ev.bad, lse_bad, pad_o, pad_g, secs, ok ? "ok" : "FAIL");
   std::fflush(stdout);
 }
 
 template <typename E>
-static void run_dims(const std::string& name, LayoutData& lay, int mode, bool padded, uint32_t seed, int dims) {
-  if (dims & 1) run_case<E, 32>(name, lay, mode, padded, seed);
-  if (dims & 2) run_case<E, 64>(name, lay, mode, padded, seed + 1);
-  if (dims & 4) run_case<E, 128>(name, lay, mode, padded, seed + 2);
+static void run_dims(const std::string& name, LayoutData& lay, int mode, int flags, uint32_t seed, int dims) {
+  if (dims & 1) run_case<E, 32>(name, lay, mode, flags, seed);
+  if (dims & 2) run_case<E, 64>(name, lay, mode, flags, seed + 1);
+  if (dims & 4) run_case<E, 128>(name, lay, mode, flags, seed + 2);
 }
 
 int main(int argc, char** argv) {
-  // usage: harness DIR dtype(f16|bf16|f32) dims_mask mode padded name...
+  // usage: harness DIR dtype(f16|bf16|f32) dims_mask mode flags(CaseFlags) name...
   const std::string dir = argv[1], dt = argv[2];
   const int dims = std::atoi(argv[3]), mode = std::atoi(argv[4]);
-  const bool padded = std::atoi(argv[5]) != 0;
+  const int padded = std::atoi(argv[5]);
   uint32_t seed = 1;
   for (int i = 6; i < argc; ++i) {
     LayoutData lay = load_layout(dir + "/" + argv[i] + ".bin");

@@ -100,13 +100,56 @@ def text_lens(
     return lens.to(device=device, dtype=torch.int32).contiguous()
 
 
-def key_lens(lens, batch: int, layout, device: torch.device) -> torch.Tensor | None:
-    """Per-sample key lengths: keys at sequence positions >= key_lens[b] are masked. The kernels
-    express it as a text segment spanning the whole sequence, which needs sequence order (the
-    caller runs a permuted layout's `sequence_order()` twin)."""
-    if lens is None:
+def key_bounds(starts, lens, batch: int, layout, device: torch.device):
+    """Per-sample key padding: sample b keeps the keys at sequence positions
+    [key_starts[b], key_lens[b]) (left and right padding; either may be None). The kernels
+    express it as a padded segment spanning the whole sequence, which needs sequence order (the
+    caller runs a permuted layout's `sequence_order()` twin). Returns int32 (lo, hi), each
+    None when not given; bad values raise as text_lens' do (on the device for CUDA tensors)."""
+    L = layout.seq_len
+    lo = text_lens(starts, batch, L, device, name="key_starts")
+    hi = text_lens(lens, batch, L, device, name="key_lens")
+    if lo is not None and hi is not None:
+        if not lo.is_cuda and not torch.compiler.is_compiling():
+            if (lo > hi).any():
+                raise ValueError(
+                    f"key_starts must not exceed key_lens, got {lo.tolist()} and {hi.tolist()}"
+                )
+        else:  # no host sync: assert on the device
+            device_check((lo <= hi).all(), "vilg: key_starts must not exceed key_lens")
+    return lo, hi
+
+
+def softcap(value) -> float:
+    """Soft-capping of the scaled scores (0: off)."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"softcap must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"softcap must be finite and >= 0 (0: off), got {value}")
+    return value
+
+
+def alibi_slopes(slopes, batch: int, heads: int, device: torch.device) -> torch.Tensor | None:
+    """ALiBi slopes, float32 [heads] or [batch, heads] on `device` (made contiguous)."""
+    if slopes is None:
         return None
-    return text_lens(lens, batch, layout.seq_len, device, name="key_lens")
+    slopes = tensor(slopes, "alibi_slopes")
+    if slopes.dtype != torch.float32:
+        raise TypeError(f"alibi_slopes must be float32, got {slopes.dtype}")
+    if list(slopes.shape) not in ([heads], [batch, heads]):
+        raise ValueError(
+            f"alibi_slopes must be [heads] = [{heads}] or [batch, heads] = [{batch}, {heads}], "
+            f"got {list(slopes.shape)}"
+        )
+    if slopes.device != device:
+        raise ValueError(f"alibi_slopes is on {slopes.device}, q on {device}")
+    if not slopes.is_cuda and not torch.compiler.is_compiling():
+        if not torch.isfinite(slopes).all():
+            raise ValueError("alibi_slopes must be finite")
+    return slopes.contiguous()
 
 
 def attention(q, k, v, layout) -> int:
