@@ -2,7 +2,6 @@
 flash-attn's documented semantics: forward and gradients, causal / window / chunk (Lq < Lk) /
 GQA / varlen / KV cache, on the CPU."""
 
-import inspect
 import math
 
 import pytest
@@ -10,11 +9,8 @@ import torch
 from reference import rel_err
 
 import vilg.flash_attn as fa
-from vilg.ops import sparse_attention
 
 # The one capability check for the score modifiers and left padding (key_starts).
-MODIFIERS = "softcap" in inspect.signature(sparse_attention).parameters
-needs_modifiers = pytest.mark.skipif(not MODIFIERS, reason="sparse_attention has no modifiers")
 
 
 def ref_one(q, k, v, *, scale=None, causal=False, window=(-1, -1), softcap=0.0, slopes=None,
@@ -188,15 +184,11 @@ def test_varlen_cross_attention_any_lengths():
 
 def test_varlen_shared_offset_chunks():
     """Causal chunks whose query / key lengths differ per sample need each sample's own
-    bottom-right alignment: left padding with key_starts (or a clear error without it)."""
+    bottom-right alignment: left padding with key_starts."""
     lq, lk = [5, 12], [40, 30]
     q, cu_q = _pack(lq, 2, seed=7)
     k, cu_k = _pack(lk, 2, seed=8)
     v, _ = _pack(lk, 2, seed=9)
-    if not MODIFIERS:
-        with pytest.raises(NotImplementedError, match="key_starts"):
-            fa.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 12, 40, causal=True)
-        return
     out = fa.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 12, 40, causal=True)
     want = _varlen_ref(q, k, v, cu_q, cu_k, causal=True)
     assert rel_err(out, want) < 1e-5
@@ -301,16 +293,9 @@ def test_errors():
         fa.flash_attn_with_kvcache(qd, kc, vc, rotary_cos=torch.ones(8, 8))
     with pytest.raises(ValueError, match="cache's length"):
         fa.flash_attn_with_kvcache(qd, kc, vc, kc[:, :2], vc[:, :2], cache_seqlens=7)
-    if not MODIFIERS:  # what needs the modifiers says so until they exist
-        for kw in (dict(softcap=5.0), dict(alibi_slopes=torch.ones(2))):
-            with pytest.raises(NotImplementedError, match="lacks"):
-                fa.flash_attn_func(q, k, v, **kw)
-        with pytest.raises(NotImplementedError, match="lacks"):
-            fa.flash_attn_func(q, k[:, :8], v[:, :8], causal=True)
 
 
 # ---- score modifiers and left padding (need the kernels' modifiers) ---------------------------
-@needs_modifiers
 @pytest.mark.parametrize("lq,lk,causal,window", [(75, 75, True, (-1, -1)), (30, 100, True, (20, 0)),
                                                  (60, 60, False, (-1, -1))])  # fmt: skip
 def test_softcap_and_alibi(lq, lk, causal, window):
@@ -328,7 +313,6 @@ def test_softcap_and_alibi(lq, lk, causal, window):
         _check_grads(out, want, (q, k, v))
 
 
-@needs_modifiers
 def test_more_queries_than_keys_causal():
     q, k, v = _inputs(2, 90, 50, 2, 1)
     out = fa.flash_attn_func(q, k, v, causal=True)
@@ -337,7 +321,6 @@ def test_more_queries_than_keys_causal():
     _check_grads(out, want, (q, k, v))
 
 
-@needs_modifiers
 def test_kvcache_leftpad_softcap_alibi():
     kc, vc = _cache(2, 64, 2, seed=6)
     q = torch.randn(2, 3, 4, 16, generator=torch.Generator().manual_seed(7))

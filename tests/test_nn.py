@@ -7,7 +7,7 @@ from reference import rel_err
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from vilg.layouts import neighborhood_2d, sliding_window
-from vilg.nn import HAS_MODIFIERS, SparseAttention, SparseSelfAttention, padding_bounds
+from vilg.nn import SparseAttention, SparseSelfAttention, padding_bounds
 
 
 def _dense_self_attention(mod, x, mask, key_lens=None):
@@ -108,8 +108,6 @@ def test_compile_without_a_built_layout_says_what_to_do():
 
 
 # ---- padding masks, left padding, score modifiers ---------------------------------------------
-MODIFIERS = HAS_MODIFIERS  # the one capability check (the kernels' modifiers and key_starts)
-needs_modifiers = pytest.mark.skipif(not MODIFIERS, reason="sparse_attention has no modifiers")
 
 
 def _mask_ref(q, k, v, allowed, softcap=0.0, slopes=None):
@@ -148,24 +146,16 @@ def test_padding_mask_right_and_errors(gen):
         mod(q, k, v, attention_mask=am[:, None, None, :])
     with pytest.raises(ValueError, match="not both"):
         mod(q, k, v, attention_mask=am, key_lens=torch.tensor([50, 31, 5]))
-    left = am.flip(1)
-    if not MODIFIERS:
-        with pytest.raises(ValueError, match="left padding"):
-            mod(q, k, v, attention_mask=left)
-        with pytest.raises(NotImplementedError, match="modifiers"):
-            SparseAttention(lambda n: sliding_window(n, 9), softcap=30.0)
 
 
 def test_padding_bounds():
     am = torch.tensor([[1, 1, 1, 0], [0, 0, 1, 1], [0, 1, 1, 0], [0, 0, 0, 0]])
-    if MODIFIERS:
-        starts, lens = padding_bounds(am, 4, 4)
-        assert starts.tolist() == [0, 2, 1, 0] and lens.tolist() == [3, 4, 3, 0]
+    starts, lens = padding_bounds(am, 4, 4)
+    assert starts.tolist() == [0, 2, 1, 0] and lens.tolist() == [3, 4, 3, 0]
     starts, lens = padding_bounds(am[[0, 3]], 2, 4)
     assert starts is None and lens.tolist() == [3, 0]
 
 
-@needs_modifiers
 def test_left_padding_softcap_alibi(gen):
     slopes = torch.tensor([0.4, 0.2, 0.1, 0.05])
     mod = SparseAttention(lambda n: sliding_window(n, 9, block_size=16), softcap=3.0,

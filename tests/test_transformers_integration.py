@@ -2,7 +2,6 @@
 gradients against the same model on sdpa / eager (float64) under the same mask."""
 
 import copy
-import inspect
 
 import pytest
 import torch
@@ -13,11 +12,8 @@ transformers = pytest.importorskip("transformers")
 
 import vilg.integrations.transformers as vt  # noqa: E402
 from vilg.layouts import causal, neighborhood_2d, sliding_window  # noqa: E402
-from vilg.ops import sparse_attention  # noqa: E402
 
 # The one capability check for the kernels' score modifiers and left padding (key_starts).
-MODIFIERS = "softcap" in inspect.signature(sparse_attention).parameters
-needs_modifiers = pytest.mark.skipif(not MODIFIERS, reason="sparse_attention has no modifiers")
 
 V = 97
 
@@ -173,11 +169,6 @@ def test_errors():
         fn(None, q, k, k, gappy)
     left = torch.ones(2, 20, dtype=torch.long)
     left[0, :3] = 0
-    if not MODIFIERS:
-        with pytest.raises(ValueError, match="left padding"):
-            fn(None, q, k, k, left)
-        with pytest.raises(NotImplementedError, match="soft-caps"):
-            fn(None, q, k, k, None, softcap=50.0)
     with pytest.raises(ValueError, match="2-D"):
         fn(None, q, k, k, torch.ones(2, 1, 20, 20, dtype=torch.bool))
     with pytest.raises(ValueError, match="at most as many queries as keys"):
@@ -234,7 +225,6 @@ def _compare_real(model, ref, ids, am, tol=1e-5):
     assert rel_err(_grads(model), _grads(ref)) < 10 * tol
 
 
-@needs_modifiers
 def test_llama_left_padding():
     """Left, right and both-sided padding against each sample run alone with no padding (RoPE
     scores depend on relative positions only, so a shifted sample gives the same logits)."""
@@ -256,7 +246,6 @@ def test_llama_left_padding():
     assert rel_err(_grads(model), _grads(ref)) < 1e-4
 
 
-@needs_modifiers
 def test_gemma2_softcap():
     """Gemma 2 soft-caps its attention scores (attn_logit_softcapping, passed as `softcap`)."""
     vt.register("vilg_gemma", layout_fn=lambda n: causal(n, block_size=16))
@@ -277,7 +266,6 @@ def test_gemma2_softcap():
     assert rel_err(off(input_ids=ids).logits, model(input_ids=ids).logits) > 1e-3
 
 
-@needs_modifiers
 def test_alibi_slopes_keyword():
     """A model that hands `alibi_slopes` to the attention function gets ALiBi."""
     fn = vt.make_attention_function(lambda n: causal(n, block_size=16))

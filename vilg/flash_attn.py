@@ -15,7 +15,6 @@ so: dropout, returning the attention probabilities, a paged KV cache, rotary emb
 
 from __future__ import annotations
 
-import inspect
 import math
 import threading
 from collections import OrderedDict
@@ -37,17 +36,6 @@ __all__ = [
     "flash_attn_with_kvcache",
 ]
 
-# Score modifiers (softcap, ALiBi) and left padding (key_starts) arrive with the kernels'
-# modifier support; until then the arguments that need them raise.
-_PARAMS = inspect.signature(sparse_attention).parameters
-HAS_MODIFIERS = "softcap" in _PARAMS and "alibi_slopes" in _PARAMS and "key_starts" in _PARAMS
-
-
-def _needs_modifiers(what: str) -> None:
-    if not HAS_MODIFIERS:
-        raise NotImplementedError(
-            f"{what} needs vilg's score modifiers / key_starts, which this build of vilg lacks"
-        )
 
 
 # ---- layouts ----------------------------------------------------------------------------------
@@ -195,7 +183,6 @@ def _attend(
         pad = lq - lk
         aligned = left >= 0 or right >= 0 or alibi_slopes is not None
         if aligned:
-            _needs_modifiers("seqlen_q > seqlen_k with causal / window_size / alibi_slopes")
             k, v = (torch.nn.functional.pad(t, (0, 0, 0, 0, pad, 0)) for t in (k, v))
             shift = torch.full((q.shape[0],), pad, dtype=torch.int32, device=q.device)
             key_starts = shift if key_starts is None else key_starts + pad
@@ -208,13 +195,10 @@ def _attend(
     layout = LAYOUTS.get((lq, lk, left, right))
     extra = {}
     if softcap:
-        _needs_modifiers("softcap")
         extra["softcap"] = softcap
     if alibi_slopes is not None:
-        _needs_modifiers("alibi_slopes")
         extra["alibi_slopes"] = alibi_slopes
     if key_starts is not None:
-        _needs_modifiers("left padding (key starts)")
         extra["key_starts"] = key_starts
     res = sparse_attention(
         q.transpose(1, 2),
@@ -403,11 +387,6 @@ def flash_attn_varlen_func(
     same = cu_seqlens_q is cu_seqlens_k or torch.equal(cu_q, cu_k)
     aligned = left >= 0 or right >= 0 or alibi_slopes is not None
     left_pad = aligned and not same
-    if left_pad:
-        _needs_modifiers(
-            "flash_attn_varlen_func with per-sample query and key lengths that differ, under "
-            "causal / window_size / alibi_slopes"
-        )
     # Widths rounded up to a 64-key tile (the kernels' tile: no extra tiles visited): a batch
     # of a new max_seqlen then mostly finds its layout built. Alignment does not move, since
     # every sample sits at the same end of its rows (right padding of equal q / k lengths, or
@@ -588,7 +567,6 @@ def flash_attn_with_kvcache(
             v_cache[idx, pos] = v.to(v_cache.dtype)
     starts = None
     if cache_leftpad is not None:
-        _needs_modifiers("cache_leftpad")
         starts = torch.as_tensor(cache_leftpad, device=dev).to(torch.int32)
     left, right = _window(window_size, causal, S)
     if alibi_slopes is None and left < 0 and (lq == 1 or right < 0):

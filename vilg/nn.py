@@ -12,7 +12,6 @@ compiled call must find its layout built. Call the module once eagerly per seque
 
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -24,11 +23,6 @@ from vilg.ops.attention import sparse_attention
 
 LayoutFn = Callable[[int], Layout]
 
-# Score modifiers (softcap, ALiBi) and left padding (key_starts) come with the kernels' modifier
-# support; this one check says whether sparse_attention has them.
-HAS_MODIFIERS = "key_starts" in inspect.signature(sparse_attention).parameters
-
-
 def padding_bounds(
     attention_mask: torch.Tensor, batch: int, length: int
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -36,7 +30,7 @@ def padding_bounds(
     key_lens): sample b's real keys are positions [key_starts[b], key_lens[b]). Left, right or
     both-sided padding; any other mask (a gap inside the real tokens) is a ValueError, checked
     on every device (on a GPU a sync; not under torch.compile). key_starts is None when no
-    sample is left-padded; left padding needs the kernels' key_starts (ValueError without)."""
+    sample is left-padded."""
     m = attention_mask
     if not isinstance(m, torch.Tensor):
         raise TypeError(f"attention_mask must be a torch.Tensor, got {type(m).__name__}")
@@ -50,7 +44,7 @@ def padding_bounds(
     first = torch.where(count > 0, m.to(torch.uint8).argmax(-1), 0)
     end = first + count
     if torch.compiler.is_compiling():  # no data-dependent checks or branches in a graph
-        return (first.to(torch.int32) if HAS_MODIFIERS else None), end.to(torch.int32)
+        return first.to(torch.int32), end.to(torch.int32)
     pos = torch.arange(length, device=m.device)[None, :]
     if not torch.equal(m, (pos >= first[:, None]) & (pos < end[:, None])):
         raise ValueError(
@@ -59,11 +53,6 @@ def padding_bounds(
         )
     if not bool((first > 0).any()):
         return None, end.to(torch.int32)
-    if not HAS_MODIFIERS:
-        raise ValueError(
-            "left padding needs per-sample key starts (key_starts), which this build of vilg "
-            "lacks: pad on the right instead"
-        )
     return first.to(torch.int32), end.to(torch.int32)
 
 
@@ -139,10 +128,6 @@ class SparseAttention(nn.Module):
         self.scale = scale
         if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or softcap < 0:
             raise ValueError(f"softcap must be a float >= 0 (0: off), got {softcap!r}")
-        if (softcap or alibi_slopes is not None) and not HAS_MODIFIERS:
-            raise NotImplementedError(
-                "softcap / alibi_slopes need the kernels' score modifiers, which this build lacks"
-            )
         self.softcap = float(softcap)
         self.register_buffer(
             "alibi_slopes",

@@ -20,7 +20,7 @@ without repeating them. Soft-capping models (Gemma 2 / 3 pass `softcap`) and an
 from __future__ import annotations
 
 from vilg.layouts import Layout
-from vilg.nn import HAS_MODIFIERS, LayoutCache, LayoutFn, padding_bounds
+from vilg.nn import LayoutCache, LayoutFn, padding_bounds
 from vilg.ops.attention import sparse_attention
 
 
@@ -56,11 +56,6 @@ def make_attention_function(layout_fn: Layout | LayoutFn, cache_size: int = 8):
             extra["softcap"] = float(softcap)
         if kwargs.get("alibi_slopes") is not None:
             extra["alibi_slopes"] = kwargs["alibi_slopes"]
-        if ("softcap" in extra or "alibi_slopes" in extra) and not HAS_MODIFIERS:
-            raise NotImplementedError(
-                "this model soft-caps its scores or uses ALiBi, which needs the kernels' score "
-                "modifiers; this build of vilg lacks them"
-            )
         lay = layouts.get(L, query.device)  # fewer queries: sparse_attention takes its last rows
         out = sparse_attention(query, key, value, lay, scale=scaling, key_lens=lens, **extra)
         return out.transpose(1, 2), None
