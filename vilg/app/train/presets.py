@@ -34,8 +34,8 @@ PRESETS: dict[str, dict] = {
             "train": {"steps": 10, "batch_size": 8, "lr": 2e-3, "warmup": 2},
         },
     },
-    # the demo (docs/model-results.md): measured 8:56-9:36 wall on 2 cores (2 threads) over
-    # six seeds, incl. eval + gallery
+    # the demo: sized to train every stage on two CPU cores in minutes (its measured time and
+    # figures: docs/model-results.md)
     "demo": {
         "data": {
             "train_size": 20000,
@@ -63,10 +63,10 @@ PRESETS: dict[str, dict] = {
         },
         "generator": {
             # 8 heads of 8: "where is the red circle" / "is there a ..." need a head that
-            # matches question words against image content. With 4 heads that circuit often
-            # failed to form ("where" at chance among the objects, VQA 83-87%); with 8, 5000
-            # steps and the object counts / question weights here, six fresh demos measured
-            # captions 90.6-99.2% and VQA 90.8-100%, for 13% more time per step than 4 heads
+            # matches question words against image content; with 4 heads that circuit often
+            # failed to form ("where" at chance among the objects). 8 heads, 5000 steps and the
+            # object counts / question weights here are what kept every seed's captions and
+            # VQA above 90% (docs/model-results.md)
             "model": {"n_layer": 4, "n_head": 8, "n_embd": 64},
             "train": {
                 "steps": 5000,
@@ -131,9 +131,8 @@ def _merged(base: dict, changes: dict) -> dict:
     return out
 
 
-# the longer recipe: the demo's architecture and task mix, more scenes, 7000 generator steps;
-# measured 13:35 wall for `vilg train --preset long` on 2 cores (2 threads), images 100%,
-# captions 98.2-98.4%, VQA 100% (docs/model-results.md)
+# the longer recipe: the demo's architecture and task mix, more scenes, 7000 generator steps
+# (docs/model-results.md)
 PRESETS["long"] = _merged(
     PRESETS["demo"],
     {
@@ -223,8 +222,8 @@ PRESETS["grid32-small"] = {
         "train": {"steps": 50, "batch_size": 32, "lr": 2e-3, "warmup": 5},
     },
     "generator": {
-        # a step of 4 images (4 text->image, 2 caption and 2 VQA rows of ~1070 tokens) cost
-        # ~0.5 s of one core here; twice the batch or width doubles it
+        # a step of 4 images (4 text->image, 2 caption and 2 VQA rows of ~1070 tokens): the
+        # smallest batch that holds every task; the step's cost grows with batch and width
         "model": {"n_layer": 4, "n_head": 4, "n_embd": 64},
         "train": {"steps": 300, "batch_size": 4, "lr": 2e-3, "warmup": 20},
     },
@@ -236,14 +235,9 @@ PRESETS["grid32-small"] = {
 # object is drawn from 4-25 codes, and a generator sequence (text + 256 image tokens) spans five
 # 64-token tiles. Per-patch tokenizer (3x3-pixel patches, token_kernel=1) with a small trunk:
 # the data holds ~540 distinct patches; the trunk and steps are what fit the time budget.
-# Measured (`vilg --threads 1 train --preset shapes16`, 2 cores shared with other jobs, load
-# 4-10): 23:44 wall, 11:27 CPU (data 29 s, tokenizer 250 s, matcher 237 s, generator 900 s).
-# Images fully correct after reranking, en / zh, 50 held-out prompts x 8 samples: 16% / 14% at
-# temperature 1 (before reranking 8% / 9%), 38% / 34% at temperature 0.3; tokenizer PSNR
-# 28.9 dB, the detector reads 99.7% of its reconstructions right. The generator is
-# under-trained: the same run continued to 2400 generator steps (+11:11 wall, 7:43 CPU)
-# measured 50% / 54% at temperature 1 and 58% / 60% at 0.3. No caption or VQA rows: those
-# scores are 0 (bench/results/shapes16-cpu-2026-11-30.json, docs/model-results.md)
+# The generator is under-trained at 1200 steps (more steps kept improving it); no caption or
+# VQA rows. Measured time and accuracy: bench/results/shapes16-cpu-2026-11-30.json,
+# docs/model-results.md
 PRESETS["shapes16"] = {
     "data": {
         "train_size": 20000,
