@@ -43,7 +43,17 @@ def _fwd_impl(q, k, v, layout, perm, text_lens, block, text_start, text_len, sca
     return o, lse
 
 
-@torch.library.custom_op("vilg::sparse_attention_fwd", mutates_args=())
+# The schema is written out: torch before 2.7 cannot infer it from string annotations
+# (tests/test_torch_compat.py checks it against the inferred one).
+@torch.library.custom_op(
+    "vilg::sparse_attention_fwd",
+    mutates_args=(),
+    schema=(
+        "(Tensor q, Tensor k, Tensor v, Tensor[] layout, Tensor? perm, "
+        "Tensor? text_lens, SymInt block, SymInt text_start, SymInt text_len, "
+        "float scale) -> (Tensor, Tensor)"
+    ),
+)
 def _fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -96,7 +106,15 @@ def _bwd_impl(
     return dq, dk, dv
 
 
-@torch.library.custom_op("vilg::sparse_attention_bwd", mutates_args=())
+@torch.library.custom_op(
+    "vilg::sparse_attention_bwd",
+    mutates_args=(),
+    schema=(
+        "(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, "
+        "Tensor[] layout, Tensor? perm, Tensor? text_lens, SymInt block, "
+        "SymInt text_start, SymInt text_len, float scale) -> (Tensor, Tensor, Tensor)"
+    ),
+)
 def _bwd(
     grad_out: torch.Tensor,
     q: torch.Tensor,
