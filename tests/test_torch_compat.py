@@ -4,8 +4,13 @@ The op schemas are written out (torch before 2.7 cannot infer them from the stri
 of `from __future__ import annotations`); here they must equal what this torch infers from the
 Python signatures, so the two never drift apart."""
 
+import importlib.util
+import json
+import re
+
 import pytest
 import torch
+from tests_support import ROOT, TORCH_FLOOR
 
 from vilg.ops import attention, decode, sampling, vq
 
@@ -27,3 +32,31 @@ def test_written_schema_is_the_inferred_one(op):
     written = str(op._opoverload._schema).split("::", 1)[1]
     inferred = torch.library.infer_schema(op._init_fn, mutates_args=())
     assert written == op._name + inferred
+
+
+def _render_compat():
+    spec = importlib.util.spec_from_file_location(
+        "render_compat", ROOT / "scripts/render_compat.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compatibility_table_is_current():
+    rc = _render_compat()
+    assert rc.DOC.read_text() == rc.updated_doc(), "run python scripts/render_compat.py"
+
+
+def test_matrix_covers_the_declared_floor():
+    """The committed matrix starts at pyproject's torch floor, which is CI's TORCH_FLOOR, has
+    every minor from there to its newest, spans CPython 3.10-3.13, and every cell passed."""
+    floor = re.search(r'"torch>=(\d+\.\d+)', (ROOT / "pyproject.toml").read_text())[1]
+    assert TORCH_FLOOR.startswith(floor + ".")
+    report = json.loads(_render_compat().newest_results().read_text())
+    cells = report["cells"]
+    minor = sorted({tuple(map(int, c["torch"].split(".")[:2])) for c in cells})
+    assert ".".join(map(str, minor[0])) == floor, minor
+    assert minor == [(2, m) for m in range(minor[0][1], minor[-1][1] + 1)], "a minor is missing"
+    assert {c["python"] for c in cells} == {"3.10", "3.11", "3.12", "3.13"}
+    assert [c for c in cells if c["outcome"] != "pass"] == []
