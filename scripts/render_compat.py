@@ -49,15 +49,20 @@ def render(report: dict, source: str) -> str:
         f"Results: `{source}` (commit {report['commit'][:10]}"
         + (" with local changes" if report.get("dirty") else "")
         + f", {report['date']}, {m['platform']}, {m['cpus']} CPUs, load "
-        f"{' / '.join(report['load_avg_at_start'])} at start; {report['seconds']} s for "
-        f"{len(report['cells'])} venvs). Wheels: "
+        f"{' / '.join(report['load_avg_at_start'])} at start"
+        + (f"; resumed {len(report['resumed'])}x" if report.get("resumed") else "")
+        + f"; {len(report['cells'])} venvs, {report['jobs']} at a time). Wheels: "
         + ", ".join(f"`{w['name']}`" for w in report["wheels"].values())
         + ".",
         "",
         "| CPython | torch | NumPy | wheel check | torch.compile(fullgraph) | transformers |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for c in report["cells"]:
+
+    def order(c):  # CPython 3.11 over every torch, then the other CPythons
+        return (c["python"] != "3.11", c["python"], tuple(map(int, c["torch"].split("."))))
+
+    for c in sorted(report["cells"], key=order):
         if "runs" not in c:
             rows.append(
                 f"| {c['python']} | {c['torch']} | | **{c['outcome']}**: "

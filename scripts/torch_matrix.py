@@ -128,7 +128,8 @@ def cell(python: str, torch_version: str, wheel: Path, transformers: bool, workd
         out = run([python_for(python), "-m", "venv", venv], log)
         if out.returncode != 0:
             return {**res, "outcome": "fail", "error": tail(out)}
-        pip = [venv / "bin/python", "-m", "pip", "install", "-q"]
+        # --no-compile: no .pyc for torch's thousands of modules (CPU time, not needed here)
+        pip = [venv / "bin/python", "-m", "pip", "install", "-q", "--no-compile"]
         pkgs = [f"torch=={torch_version}", str(wheel)]
         if transformers:
             pkgs.append(transformers_spec(torch_version))
@@ -186,15 +187,17 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="cells at once (each up to ~6 GB disk)")
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--resume", action="store_true", help="keep the passed cells of --out "
+                    "(same wheels) and run the others")  # fmt: skip
     args = ap.parse_args(argv)
 
     floor = floor_from_pyproject()
     torches = args.torch.split() if args.torch is not None else newest_patch_per_minor(floor)
-    cells = [(MAIN_PYTHON, t) for t in torches]
     if args.pythons is not None:
-        cells += [tuple(c.split(":")) for c in args.pythons.split()]
+        cells = [tuple(c.split(":")) for c in args.pythons.split()]
     else:
-        cells += [(p, TORCH_FOR_PYTHONS) for p in PYTHONS if p != MAIN_PYTHON]
+        cells = [(p, TORCH_FOR_PYTHONS) for p in PYTHONS if p != MAIN_PYTHON]
+    cells += [(MAIN_PYTHON, t) for t in torches]  # the other CPythons first: fewer of them
     wheels = {}
     for py, _ in cells:
         tag = "cp" + py.replace(".", "")
@@ -223,6 +226,15 @@ def main(argv=None) -> int:
         },
     }
     done: dict[int, dict] = {}
+    if args.resume and out.exists():
+        old = json.loads(out.read_text())
+        if old["wheels"] != report["wheels"]:
+            raise SystemExit(f"--resume: {out} was made with other wheels")
+        this = {k: report[k] for k in ("commit", "dirty", "date", "load_avg_at_start")}
+        report.update({k: old[k] for k in this})  # the first run's; the same wheels
+        report["resumed"] = old.get("resumed", []) + [this]
+        kept = {(c["python"], c["torch"]): c for c in old["cells"] if c["outcome"] == "pass"}
+        done = {i: kept[c] for i, c in enumerate(cells) if c in kept}
     lock = threading.Lock()
 
     def write(final: bool) -> None:  # after every cell, so a stopped run keeps what it had
@@ -244,7 +256,7 @@ def main(argv=None) -> int:
 
     try:
         with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(one, range(len(cells))))
+            list(pool.map(one, [i for i in range(len(cells)) if i not in done]))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     write(True)

@@ -60,3 +60,14 @@ def test_matrix_covers_the_declared_floor():
     assert minor == [(2, m) for m in range(minor[0][1], minor[-1][1] + 1)], "a minor is missing"
     assert {c["python"] for c in cells} == {"3.10", "3.11", "3.12", "3.13"}
     assert [c for c in cells if c["outcome"] != "pass"] == []
+
+
+def test_flex_attention_missing_says_which_torch(monkeypatch):
+    """torch 2.4 has no FlexAttention: the one vilg feature built on it says so."""
+    import sys
+
+    from vilg.layouts import causal
+
+    monkeypatch.setitem(sys.modules, "torch.nn.attention.flex_attention", None)
+    with pytest.raises(ImportError, match=r"torch >= 2\.5"):
+        causal(32, block_size=16).to_block_mask()

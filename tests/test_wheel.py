@@ -62,7 +62,7 @@ def wheel(tmp_path_factory) -> Path:
 def fresh_venv(d: Path, *pkgs: str) -> dict:
     """A fresh venv with `pkgs`; env whose PATH holds the venv's bin/ only."""
     run([sys.executable, "-m", "venv", str(d)])
-    run([str(d / "bin/pip"), "install", "-q", "--no-cache-dir", *pkgs])
+    run([str(d / "bin/pip"), "install", "-q", "--no-cache-dir", "--no-compile", *pkgs])
     env = {
         k: v
         for k, v in os.environ.items()
