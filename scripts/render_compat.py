@@ -51,7 +51,7 @@ def render(report: dict, source: str) -> str:
         + f", {report['date']}, {m['platform']}, {m['cpus']} CPUs, load "
         f"{' / '.join(report['load_avg_at_start'])} at start"
         + (f"; resumed {len(report['resumed'])}x" if report.get("resumed") else "")
-        + f"; {len(report['cells'])} venvs, {report['jobs']} at a time). Wheels: "
+        + f"; {len(report['cells'])} venvs). Wheels: "
         + ", ".join(f"`{w['name']}`" for w in report["wheels"].values())
         + ".",
         "",

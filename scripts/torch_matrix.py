@@ -10,7 +10,7 @@ venv is deleted after the cell. Results go to one JSON file; scripts/render_comp
 into the table of docs/compatibility.md.
 
     scripts/build_wheels.sh --variants cpu --out wheelhouse
-    python scripts/torch_matrix.py --wheelhouse wheelhouse [--torch "2.4.1 2.15.0"]
+    python scripts/torch_matrix.py --wheelhouse wheelhouse [--torch "2.4.1 2.15.0"] [--resume]
         [--pythons "3.10:2.13.0 3.13:2.5.1"] [--jobs 2] [--out bench/results/torch-matrix-DATE.json]
 
 Default cells: every torch minor from pyproject's floor to the newest release on the index
@@ -127,7 +127,8 @@ def cell(python: str, torch_version: str, wheel: Path, transformers: bool, workd
     try:
         out = run([python_for(python), "-m", "venv", venv], log)
         if out.returncode != 0:
-            return {**res, "outcome": "fail", "error": tail(out)}
+            res.update(outcome="fail", error=tail(out))
+            return res
         # --no-compile: no .pyc for torch's thousands of modules (CPU time, not needed here)
         pip = [venv / "bin/python", "-m", "pip", "install", "-q", "--no-compile"]
         pkgs = [f"torch=={torch_version}", str(wheel)]
@@ -135,7 +136,8 @@ def cell(python: str, torch_version: str, wheel: Path, transformers: bool, workd
             pkgs.append(transformers_spec(torch_version))
         out = run([*pip, *pkgs], log)
         if out.returncode != 0:
-            return {**res, "outcome": "install failed", "error": tail(out)}
+            res.update(outcome="install failed", error=tail(out))
+            return res
         res["venv_bytes"] = du(venv)
         shutil.copy(ROOT / "tests/wheel_check.py", venv / "wheel_check.py")
         keep = ("HOME", "LANG", "LC_ALL", "TMPDIR")
@@ -178,6 +180,27 @@ def machine() -> dict:
     }
 
 
+def merge(out: Path, others: list[Path]) -> int:
+    """Passed cells of `others` into `out`, each wheel checked to be the same file."""
+    report = json.loads(out.read_text())
+    have = {(c["python"], c["torch"]) for c in report["cells"] if c["outcome"] == "pass"}
+    report["cells"] = [c for c in report["cells"] if c["outcome"] == "pass"]
+    for path in others:
+        other = json.loads(path.read_text())
+        for py, w in other["wheels"].items():
+            if report["wheels"].get(py) != w:
+                raise SystemExit(f"{path}: its cp{py} wheel is not the one in {out}")
+        new = [c for c in other["cells"] if c["outcome"] == "pass"]
+        new = [c for c in new if (c["python"], c["torch"]) not in have]
+        report["cells"] += new
+        have |= {(c["python"], c["torch"]) for c in new}
+        meta = ("commit", "dirty", "date", "load_avg_at_start", "jobs")
+        report.setdefault("merged", []).append({k: other.get(k) for k in meta})
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}: {len(report['cells'])} cells")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--wheelhouse", type=Path, required=True, help="cpu wheels, one per CPython")
@@ -189,7 +212,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--resume", action="store_true", help="keep the passed cells of --out "
                     "(same wheels) and run the others")  # fmt: skip
+    ap.add_argument("--merge", nargs="+", type=Path, help="add these results files' passed "
+                    "cells to --out (a run split across processes or machines)")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.out, args.merge)
 
     floor = floor_from_pyproject()
     torches = args.torch.split() if args.torch is not None else newest_patch_per_minor(floor)
@@ -230,7 +257,7 @@ def main(argv=None) -> int:
         old = json.loads(out.read_text())
         if old["wheels"] != report["wheels"]:
             raise SystemExit(f"--resume: {out} was made with other wheels")
-        this = {k: report[k] for k in ("commit", "dirty", "date", "load_avg_at_start")}
+        this = {k: report[k] for k in ("commit", "dirty", "date", "load_avg_at_start", "jobs")}
         report.update({k: old[k] for k in this})  # the first run's; the same wheels
         report["resumed"] = old.get("resumed", []) + [this]
         kept = {(c["python"], c["torch"]): c for c in old["cells"] if c["outcome"] == "pass"}
