@@ -3,7 +3,9 @@ PATH has no compiler, run from outside the source tree (slow).
 
 VILG_TEST_WHEEL=path/to/vilg*-cp311-*.whl reuses a wheel built by scripts/build_wheels.sh (CI
 builds once and passes it here); without it the test builds one (cu13 when nvcc is on the
-PATH, else cpu). VILG_TEST_TORCH picks the torch the venv gets (default 2.13.0)."""
+PATH, else cpu). VILG_TEST_TORCH picks the torch the venv gets (default 2.13.0).
+test_oldest_torch installs the oldest supported torch (TORCH_FLOOR, from the package index)
+beside the same wheel, with NumPy 1.x and then 2.x."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from tests_support import ROOT
+from tests_support import ROOT, TORCH_FLOOR
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,7 +31,7 @@ TAG = "manylinux_2_28"
 GLIBC_MAX = (2, 28)
 
 
-def run(cmd, **kw):
+def run(cmd, **kw) -> str:
     out = subprocess.run(cmd, capture_output=True, text=True, **kw)
     assert out.returncode == 0, f"{cmd}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out.stdout
@@ -57,13 +59,10 @@ def wheel(tmp_path_factory) -> Path:
     return next(out.glob("*-cp311-*.whl"))
 
 
-@pytest.fixture(scope="module")
-def venv(wheel, tmp_path_factory) -> dict:
-    """A fresh venv with the wheel and torch; env whose PATH holds the venv's bin/ only."""
-    d = tmp_path_factory.mktemp("venv")
+def fresh_venv(d: Path, *pkgs: str) -> dict:
+    """A fresh venv with `pkgs`; env whose PATH holds the venv's bin/ only."""
     run([sys.executable, "-m", "venv", str(d)])
-    torch_pin = "torch==" + os.environ.get("VILG_TEST_TORCH", "2.13.0")
-    run([str(d / "bin/pip"), "install", "-q", torch_pin, str(wheel)])
+    run([str(d / "bin/pip"), "install", "-q", "--no-cache-dir", "--no-compile", *pkgs])
     env = {
         k: v
         for k, v in os.environ.items()
@@ -73,6 +72,24 @@ def venv(wheel, tmp_path_factory) -> dict:
     for tool in ("gcc", "cc", "g++", "c++", "nvcc"):
         assert shutil.which(tool, path=env["PATH"]) is None, tool
     return {"dir": d, "python": str(d / "bin/python"), "env": env, "cwd": str(d)}
+
+
+@pytest.fixture(scope="module")
+def venv(wheel, tmp_path_factory) -> dict:
+    torch_pin = "torch==" + os.environ.get("VILG_TEST_TORCH", "2.13.0")
+    return fresh_venv(tmp_path_factory.mktemp("venv"), torch_pin, str(wheel))
+
+
+def wheel_check(venv, devices=("cpu",)) -> dict:
+    # a copy outside the source tree, so `import vilg` can only find the installed wheel
+    check = shutil.copy(ROOT / "tests/wheel_check.py", venv["dir"] / "wheel_check.py")
+    res = json.loads(run([venv["python"], check, *devices], env=venv["env"], cwd=venv["cwd"]))
+    assert res["vilg"].startswith(str(venv["dir"])), res["vilg"]
+    # every check ran: 7 kernels, NumPy arrays (CPU), torch.compile of the ops; transformers
+    # is not installed here (scripts/torch_matrix.py covers that route)
+    assert set(res["skipped"]) == {f"{d}: transformers" for d in devices}, res["skipped"]
+    assert len(res["checked"]) == 10 * ("cpu" in devices) + 9 * ("cuda" in devices), res
+    return res
 
 
 def so_path(venv) -> Path:
@@ -103,12 +120,23 @@ def test_every_kernel_from_installed_wheel(venv):
     code = "import torch, vilg; print(torch.cuda.is_available() and vilg.build_info()['cuda'])"
     if run([venv["python"], "-c", code], env=venv["env"], cwd=venv["cwd"]).strip() == "True":
         devices.append("cuda")
-    # a copy outside the source tree, so `import vilg` can only find the installed wheel
-    check = shutil.copy(ROOT / "tests/wheel_check.py", venv["dir"] / "wheel_check.py")
-    res = json.loads(run([venv["python"], check, *devices], env=venv["env"], cwd=venv["cwd"]))
-    assert res["vilg"].startswith(str(venv["dir"])), res["vilg"]
+    res = wheel_check(venv, devices)
     assert "torch/lib/libgomp" in res["openmp"]["libgomp"], res["openmp"]
-    assert len(res["checked"]) == 7 * len(devices)
+
+
+@pytest.mark.xdist_group("wheel-floor")  # its own worker: a download of ~2.5 GB
+def test_oldest_torch(wheel, tmp_path):
+    """The floor made true on every run: the oldest supported torch (a CUDA build from the
+    package index, as users get it) beside the release wheel, every op, NumPy 1.x then 2.x."""
+    try:
+        v = fresh_venv(tmp_path / "venv", f"torch=={TORCH_FLOOR}", str(wheel), "numpy<2")
+        res = wheel_check(v)
+        assert res["torch"].split("+")[0] == TORCH_FLOOR and res["numpy"].startswith("1."), res
+        run([str(v["dir"] / "bin/pip"), "install", "-q", "--no-cache-dir", "numpy>=2"])
+        res = wheel_check(v)
+        assert res["numpy"].startswith("2."), res
+    finally:
+        shutil.rmtree(tmp_path / "venv", ignore_errors=True)  # ~5 GB
 
 
 def test_extension_dependencies(venv):

@@ -166,8 +166,15 @@ class Layout:
         return cls(Lq, mask_mod, **kw)
 
     def to_block_mask(self, device="cpu", BLOCK_SIZE: int = 128):
-        """This layout as a FlexAttention `BlockMask` (for flex_attention), in sequence order."""
-        from torch.nn.attention.flex_attention import create_block_mask
+        """This layout as a FlexAttention `BlockMask` (for flex_attention), in sequence order.
+        Needs torch >= 2.5 (the first with FlexAttention)."""
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask
+        except ImportError as e:
+            raise ImportError(
+                f"Layout.to_block_mask needs FlexAttention, in torch >= 2.5; this is torch "
+                f"{torch.__version__} (vilg's own kernels need no FlexAttention)"
+            ) from e
 
         dense = self.dense_mask(device)
         return create_block_mask(

@@ -24,9 +24,11 @@ from vilg.nn import LayoutCache, LayoutFn, padding_bounds
 from vilg.ops.attention import sparse_attention
 
 
-def _padding_mask(batch_size, q_length, kv_length, *args, attention_mask=None, **kwargs):
+def _padding_mask(*args, attention_mask=None, **kwargs):
     """Mask function for the model's mask builder: instead of an L x L mask (the layout is
-    the pattern), hand the 2-D padding mask through, or None without padding."""
+    the pattern), hand the 2-D padding mask through, or None without padding. Only
+    attention_mask is read: transformers 4.x passes the rest by keyword without q_length,
+    5.x with it."""
     return attention_mask
 
 

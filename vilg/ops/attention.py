@@ -61,7 +61,17 @@ def _fwd_impl(
     return o, lse
 
 
-@torch.library.custom_op("vilg::sparse_attention_fwd", mutates_args=())
+# The schema is written out: torch before 2.7 cannot infer it from string annotations
+# (tests/test_torch_compat.py checks it against the inferred one).
+@torch.library.custom_op(
+    "vilg::sparse_attention_fwd",
+    mutates_args=(),
+    schema=(
+        "(Tensor q, Tensor k, Tensor v, Tensor[] layout, Tensor? perm, Tensor? keep_lo, "
+        "Tensor? keep_hi, SymInt block, SymInt seg_start, SymInt seg_len, float scale, "
+        "float softcap, Tensor? alibi) -> (Tensor, Tensor)"
+    ),
+)
 def _fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -137,7 +147,16 @@ def _bwd_impl(
     return dq, dk, dv
 
 
-@torch.library.custom_op("vilg::sparse_attention_bwd", mutates_args=())
+@torch.library.custom_op(
+    "vilg::sparse_attention_bwd",
+    mutates_args=(),
+    schema=(
+        "(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, "
+        "Tensor[] layout, Tensor? perm, Tensor? keep_lo, Tensor? keep_hi, SymInt block, "
+        "SymInt seg_start, SymInt seg_len, float scale, float softcap, Tensor? alibi) "
+        "-> (Tensor, Tensor, Tensor)"
+    ),
+)
 def _bwd(
     grad_out: torch.Tensor,
     q: torch.Tensor,

@@ -19,7 +19,17 @@ from vilg.ops._arrays import accepts_arrays
 from vilg.ops._buffers import profiled, ref, stream_of
 
 
-@torch.library.custom_op("vilg::decode_attention", mutates_args=())
+# The schema is written out: torch before 2.7 cannot infer it from string annotations
+# (tests/test_torch_compat.py checks it against the inferred one).
+@torch.library.custom_op(
+    "vilg::decode_attention",
+    mutates_args=(),
+    schema=(
+        "(Tensor q, Tensor k_cache, Tensor v_cache, Tensor keys, Tensor? text_lens, "
+        "SymInt text_start, SymInt text_len, float scale, Tensor? key_ptr=None, "
+        "Tensor? pos=None, SymInt max_keys=0) -> Tensor"
+    ),
+)
 def _decode(
     q: torch.Tensor,
     k_cache: torch.Tensor,

@@ -37,7 +37,16 @@ def _as_i64(v: int) -> int:
     return v - _U64 if v >= 1 << 63 else v
 
 
-@torch.library.custom_op("vilg::sample", mutates_args=())
+# The schema is written out: torch before 2.7 cannot infer it from string annotations
+# (tests/test_torch_compat.py checks it against the inferred one).
+@torch.library.custom_op(
+    "vilg::sample",
+    mutates_args=(),
+    schema=(
+        "(Tensor logits, Tensor? uncond, float cfg_scale, float temperature, "
+        "SymInt top_k, float top_p, SymInt seed, SymInt offset) -> Tensor"
+    ),
+)
 def _sample(
     logits: torch.Tensor,
     uncond: torch.Tensor | None,

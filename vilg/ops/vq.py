@@ -60,7 +60,13 @@ def vq_check_indices(device=None) -> None:
 
 
 # ---- quantize -------------------------------------------------------------------------------
-@torch.library.custom_op("vilg::vq_quantize", mutates_args=())
+# The schema is written out: torch before 2.7 cannot infer it from string annotations
+# (tests/test_torch_compat.py checks it against the inferred one).
+@torch.library.custom_op(
+    "vilg::vq_quantize",
+    mutates_args=(),
+    schema="(Tensor x, Tensor codebook, bool fast_fp32) -> Tensor",
+)
 def _quantize(x: torch.Tensor, codebook: torch.Tensor, fast_fp32: bool) -> torch.Tensor:
     n = x.shape[0]
     k, d = codebook.shape
@@ -96,7 +102,11 @@ def vq_quantize(x, codebook, *, fast_fp32: bool = False) -> torch.Tensor:
 
 
 # ---- embed ----------------------------------------------------------------------------------
-@torch.library.custom_op("vilg::vq_embed", mutates_args=())
+@torch.library.custom_op(
+    "vilg::vq_embed",
+    mutates_args=(),
+    schema="(Tensor indices, Tensor codebook, bool device_assert) -> Tensor",
+)
 def _embed(indices: torch.Tensor, codebook: torch.Tensor, device_assert: bool) -> torch.Tensor:
     out = codebook.new_empty(indices.shape[0], codebook.shape[1])
     err = _err_buffer(codebook.device)
@@ -161,7 +171,11 @@ def vq_embed(indices, codebook, *, check: bool = False) -> torch.Tensor:
 
 
 # ---- code statistics ------------------------------------------------------------------------
-@torch.library.custom_op("vilg::vq_code_stats", mutates_args=())
+@torch.library.custom_op(
+    "vilg::vq_code_stats",
+    mutates_args=(),
+    schema="(Tensor indices, Tensor x, SymInt num_codes, bool device_assert) -> (Tensor, Tensor)",
+)
 def _code_stats(
     indices: torch.Tensor, x: torch.Tensor, num_codes: int, device_assert: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
