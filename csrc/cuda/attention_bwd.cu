@@ -13,12 +13,10 @@
 // go from the f32 accumulator fragments straight into A fragments (no shared-memory trip).
 #include "attention_tiles.cuh"
 
-#ifndef VILG_CUDA_EMULATE
 #include "attention_launch.h"
 #include "common.cuh"
 #include "nvtx.h"
 #include "kernels.h"
-#endif
 
 namespace vilg::cuda {
 namespace {
@@ -389,8 +387,6 @@ __global__ void __launch_bounds__(kThreads)
                         p.dv_s[2], ls, ls.seq_len, kb * kTile + r0, vec & kVecDV);
 }
 
-#ifndef VILG_CUDA_EMULATE
-
 template <typename T>
 void launch_delta(const AttnParams& p, cudaStream_t stream) {
   const int64_t rows = int64_t(p.batch) * p.heads * p.ls.q_len;
@@ -437,11 +433,7 @@ void launch_bwd_dim(const AttnParams& p, cudaStream_t stream) {
   }
 }
 
-#endif  // !VILG_CUDA_EMULATE
-
 }  // namespace
-
-#ifndef VILG_CUDA_EMULATE
 
 void launch_attention_delta(const AttnParams& p, DType dtype, cudaStream_t stream) {
   switch (dtype) {
@@ -466,7 +458,5 @@ void attention_bwd(const AttnParams& p, DType dtype, int device, uintptr_t strea
     default: fail("attention: unsupported dtype");
   }
 }
-
-#endif  // !VILG_CUDA_EMULATE
 
 }  // namespace vilg::cuda

@@ -10,12 +10,10 @@
 // take the SIMT reference path (attention_simt.cu).
 #include "attention_tiles.cuh"
 
-#ifndef VILG_CUDA_EMULATE
 #include "attention_launch.h"
 #include "common.cuh"
 #include "nvtx.h"
 #include "kernels.h"
-#endif
 
 namespace vilg::cuda {
 namespace {
@@ -187,8 +185,6 @@ __global__ void __launch_bounds__(kThreads)
                         p.o_s[2], ls, Lq, qb * kTile + r0, vec & kVecO);
 }
 
-#ifndef VILG_CUDA_EMULATE
-
 template <typename T, int D>
 void launch_fwd(const AttnParams& p, cudaStream_t stream) {
   constexpr int smem = FwdSmem<D>::kBytes;
@@ -212,11 +208,7 @@ void launch_fwd_dim(const AttnParams& p, cudaStream_t stream) {
   }
 }
 
-#endif  // !VILG_CUDA_EMULATE
-
 }  // namespace
-
-#ifndef VILG_CUDA_EMULATE
 
 void attention_fwd(const AttnParams& p, DType dtype, int device, uintptr_t stream) {
   NvtxRange range("vilg::attention_fwd");
@@ -231,7 +223,5 @@ void attention_fwd(const AttnParams& p, DType dtype, int device, uintptr_t strea
     default: fail("attention: unsupported dtype");
   }
 }
-
-#endif  // !VILG_CUDA_EMULATE
 
 }  // namespace vilg::cuda

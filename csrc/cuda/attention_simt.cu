@@ -7,10 +7,8 @@
 // h reads k/v head h / kv_group; a k/v row's warp sums over the q heads of its group.
 #include "attention_tiles.cuh"
 
-#ifndef VILG_CUDA_EMULATE
 #include "attention_launch.h"
 #include "common.cuh"
-#endif
 
 namespace vilg::cuda {
 namespace {
@@ -169,8 +167,6 @@ __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_dkdv_kernel(const Attn
   store_row<D>(row_ptr(p.dv, p.dv_s, b, hk, row), gv, 1.f, lane);
 }
 
-#ifndef VILG_CUDA_EMULATE
-
 template <int D>
 void launch_simt(const AttnParams& p, cudaStream_t stream, bool forward) {
   const dim3 grid(unsigned((p.ls.q_len + kSimtRows - 1) / kSimtRows), unsigned(p.heads),
@@ -197,11 +193,7 @@ void launch_simt_dim(const AttnParams& p, cudaStream_t stream, bool forward) {
   }
 }
 
-#endif  // !VILG_CUDA_EMULATE
-
 }  // namespace
-
-#ifndef VILG_CUDA_EMULATE
 
 void simt_attention_fwd(const AttnParams& p, cudaStream_t stream) {
   launch_simt_dim(p, stream, true);
@@ -210,7 +202,5 @@ void simt_attention_fwd(const AttnParams& p, cudaStream_t stream) {
 void simt_attention_bwd(const AttnParams& p, cudaStream_t stream) {
   launch_simt_dim(p, stream, false);
 }
-
-#endif  // !VILG_CUDA_EMULATE
 
 }  // namespace vilg::cuda
