@@ -31,7 +31,7 @@ def harness(tmp_path_factory):
     import sys
 
     sys.path.insert(0, str(HERE))
-    from build import build
+    from emu_build import build
     from layouts import write_all
 
     out = tmp_path_factory.mktemp("emu")

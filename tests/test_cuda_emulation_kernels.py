@@ -21,7 +21,7 @@ FAMILIES = ["decode", "vq", "sampling"]
 
 def _build(tmp_path_factory, family, sanitize=False):
     sys.path.insert(0, str(HERE))
-    from build import build
+    from emu_build import build
 
     return build(family, tmp_path_factory.mktemp(f"emu_{family}"), sanitize=sanitize)
 

@@ -33,8 +33,13 @@ SANITIZE = [
 ]
 
 
-def build(family: str, out: Path, csrc: Path | None = None, sanitize: bool = False,
-          cpu_objects: dict[str, Path] | None = None) -> Path:
+def build(
+    family: str,
+    out: Path,
+    csrc: Path | None = None,
+    sanitize: bool = False,
+    cpu_objects: dict[str, Path] | None = None,
+) -> Path:
     """Compile `family`'s harness into `out` (a directory) from the .cu files under `csrc`
     (default: the repository's). Returns the executable."""
     import sys
@@ -49,13 +54,27 @@ def build(family: str, out: Path, csrc: Path | None = None, sanitize: bool = Fal
         src = csrc / "cuda" / f"{cu}.cu"
         (out / f"{cu}.emu.cpp").write_text(translate(src.read_text(), str(src)))
     exe = out / (f"harness_{family}" + ("_asan" if sanitize else ""))
-    cpu = [str(cpu_objects[c]) if cpu_objects and c in cpu_objects else str(ROOT / "csrc/cpu" / c)
-           for c in cpus]
+    cpu = [
+        str(cpu_objects[c]) if cpu_objects and c in cpu_objects else str(ROOT / "csrc/cpu" / c)
+        for c in cpus
+    ]
     cmd = [
-        CXX, opt, "-std=c++17", "-fopenmp", "-Wno-psabi", "-Wno-unknown-pragmas",
+        CXX,
+        opt,
+        "-std=c++17",
+        "-fopenmp",
+        "-Wno-psabi",
+        "-Wno-unknown-pragmas",
         *(SANITIZE if sanitize else []),
-        f"-I{csrc / 'cuda'}", f"-I{ROOT / 'csrc'}", f"-I{HERE / 'include'}", f"-I{out}", f"-I{HERE}",
-        str(HERE / harness), *cpu, "-o", str(exe),
+        f"-I{csrc / 'cuda'}",
+        f"-I{ROOT / 'csrc'}",
+        f"-I{HERE / 'include'}",
+        f"-I{out}",
+        f"-I{HERE}",
+        str(HERE / harness),
+        *cpu,
+        "-o",
+        str(exe),
     ]
     subprocess.run(cmd, check=True)
     return exe
@@ -69,8 +88,18 @@ def cpu_objects(family: str, out: Path) -> dict[str, Path]:
     for c in cpus:
         o = out / (Path(c).stem + ".o")
         subprocess.run(
-            [CXX, opt, "-std=c++17", "-fopenmp", "-Wno-psabi", "-c", f"-I{ROOT / 'csrc'}",
-             str(ROOT / "csrc/cpu" / c), "-o", str(o)],
+            [
+                CXX,
+                opt,
+                "-std=c++17",
+                "-fopenmp",
+                "-Wno-psabi",
+                "-c",
+                f"-I{ROOT / 'csrc'}",
+                str(ROOT / "csrc/cpu" / c),
+                "-o",
+                str(o),
+            ],
             check=True,
         )
         objs[c] = o
