@@ -20,6 +20,7 @@ struct DecodeCase {
   int splits = 0;       // 0: what decode_splits picks
   bool shared_kv = false;  // every head reads head 0's cache (zero head stride: multi-query)
   bool strided = false;    // q / out / caches with padded rows and a [B, S, H, D] cache
+  bool wild_lens = false;  // text lengths outside [0, text_len] (the kernels clamp them)
 };
 
 static std::vector<int32_t> keys_at(const DecodeCase& c, int pos) {
@@ -52,6 +53,8 @@ static void run(const std::string& tag, const DecodeCase& c, uint32_t seed) {
   std::vector<int32_t> lens;
   if (c.padded) {
     for (int b = 0; b < B; ++b) lens.push_back(b == 0 ? 0 : (c.text_len * b) / B + (b & 1));
+    if (c.wild_lens)
+      for (int b = 1; b < B; ++b) lens[size_t(b)] = b % 2 ? c.text_len + 4 : -3;
   }
   // per-position key lists (CSR) for the csr mode, the list at pos otherwise
   std::vector<int32_t> key_ptr{0}, keys;
@@ -96,7 +99,7 @@ static void run(const std::string& tag, const DecodeCase& c, uint32_t seed) {
   // float64 reference
   std::vector<double> ref(size_t(B) * H * D, 0.0);
   for (int b = 0; b < B; ++b) {
-    const int tv = lens.empty() ? c.text_len : lens[b];
+    const int tv = lens.empty() ? c.text_len : std::min(std::max(lens[b], 0), c.text_len);
     for (int h = 0; h < H; ++h) {
       const int hk = c.shared_kv ? 0 : h;
       std::vector<double> s;
@@ -201,6 +204,10 @@ int main(int argc, char** argv) {
   DecodeCase m = w;
   m.csr = false; m.shared_kv = true; m.H = 4; m.strided = true; m.splits = 3;
   run<bf16_t>("mqa+strided+3splits", m, seed++);
+  DecodeCase f;  // sample 0: every key of the first three splits is padded text
+  f.B = 3; f.D = 32; f.S = 200; f.pos = 199; f.window = 3; f.text_len = 37; f.padded = true;
+  f.wild_lens = true; f.splits = 4;
+  run<float>("padded-splits+wild-lens", f, seed++);
   DecodeCase e;
   e.D = 128; e.S = 40; e.pos = 4; e.splits = 8; e.B = 1; e.H = 3;  // more splits than keys
   run<float>("empty-splits", e, seed++);

@@ -189,6 +189,8 @@ int main(int argc, char** argv) {
   run<float>("top-k+top-p", C([](SampleCase& c) { c.top_k = 50; c.top_p = 0.9; }), s++);
   run<bf16_t>("cfg ties -inf", C([](SampleCase& c) { c.cfg = 3; c.ties = 1; c.neg_inf = 0.3; c.top_p = 0.8; }), s++);
   run<f16_t>("greedy equal", C([](SampleCase& c) { c.temperature = 0; c.ties = 2; }), s++);
+  // just above the staging budget: staging would need more than the device's shared memory
+  run<float>("budget edge", C([](SampleCase& c) { c.vocab = 3900; c.optin_kib = 16; c.batch = 1; }), s++);
   run<float>("unstaged", C([](SampleCase& c) { c.vocab = 5000; c.optin_kib = 16; c.top_k = 40; c.top_p = 0.5; c.batch = 2; }), s++);
   if (full) {
     run<f16_t>("staged opt-in", C([](SampleCase& c) { c.vocab = 13001; c.top_k = 1000; c.batch = 2; }), s++);

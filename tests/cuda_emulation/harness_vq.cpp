@@ -204,6 +204,7 @@ int main(int argc, char** argv) {
   quantize<float>("simt ties", VqCase{300, 300, 64, 0, 0, false, true}, s++);
   quantize<float>("tf32 n=1", VqCase{1, 300, 64, 0, 0, true, false}, s++);
   quantize<f16_t>("odd d, strided", VqCase{200, 150, 37, 3, 1, false, false}, s++);
+  quantize<f16_t>("misaligned x", VqCase{100, 130, 64, 8, 1, false, false}, s++);
   embed_and_stats<f16_t>("aligned", 100, 50, 64, 0, true, s++);
   embed_and_stats<float>("odd d", 70, 20, 37, 2, false, s++);
   if (full) {
