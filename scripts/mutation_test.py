@@ -425,14 +425,15 @@ class Worker:
                 self.objs[fam] = cpu_objects(fam, self.root / f"obj_{fam}")
             out = self.root / f"build_{fam}"
             try:
-                exe = build(fam, out, csrc=self.root / "csrc", cpu_objects=self.objs[fam])
+                exe = build(fam, out, csrc=self.root / "csrc", cpu_objects=self.objs[fam],
+                            opt="-O1")
             except subprocess.CalledProcessError:
                 res.update(outcome="invalid", caught_by=None, detail="does not compile")
                 return res
             res.update(outcome="survived", caught_by=None, detail="")
             for stage in ("quick", "full", "sanitized"):
                 if stage == "sanitized":
-                    exe = build(fam, out, csrc=self.root / "csrc", sanitize=True)
+                    exe = build(fam, out, csrc=self.root / "csrc", sanitize=True, opt="-O1")
                 ok, detail = run_stage(fam, exe, lay, stage, timeout)
                 if not ok:
                     res.update(outcome="caught", caught_by=stage, detail=detail)

@@ -39,6 +39,7 @@ def build(
     csrc: Path | None = None,
     sanitize: bool = False,
     cpu_objects: dict[str, Path] | None = None,
+    opt: str | None = None,
 ) -> Path:
     """Compile `family`'s harness into `out` (a directory) from the .cu files under `csrc`
     (default: the repository's). Returns the executable."""
@@ -48,7 +49,8 @@ def build(
     from translate import translate
 
     csrc = csrc or ROOT / "csrc"
-    harness, cus, cpus, opt = FAMILIES[family]
+    harness, cus, cpus, default_opt = FAMILIES[family]
+    opt = opt or default_opt
     out.mkdir(parents=True, exist_ok=True)
     for cu in cus:
         src = csrc / "cuda" / f"{cu}.cu"
