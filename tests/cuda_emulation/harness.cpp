@@ -271,6 +271,7 @@ static void run_case(const std::string& name, LayoutData& lay, int mode, bool pa
                   pad_g == 0 && eo.rel() <= tol && eq.rel() <= tol * 2 && ek.rel() <= tol * 2 &&
                   ev.rel() <= tol * 2 && lse_err < 1e-3 && delta_err < 1e-2;
   if (!ok) ++failures;
+  const bool stop = !ok && std::getenv("VILG_EMU_FAIL_FAST");  // mutation testing: first failure
   if (std::getenv("REF64")) {
     Ref64 R = ref64(lay, p, q, k, v, go, lens);
     // backward of the GPU path ran on the CPU's o/lse; compare all against float64
@@ -283,6 +284,7 @@ static void run_case(const std::string& name, LayoutData& lay, int mode, bool pa
               int(padded), eo.rel(), lse_err, empty_rows, eq.rel(), ek.rel(), ev.rel(), delta_err, eo.bad, eq.bad,
               ek.bad, ev.bad, lse_bad, pad_o, pad_g, secs, ok ? "ok" : "FAIL");
   std::fflush(stdout);
+  if (stop) std::exit(1);
 }
 
 template <typename E>

@@ -65,6 +65,7 @@ struct Report {
     std::printf("%-60s %s%s%s\n", name.c_str(), ok ? "ok" : "FAIL", why.empty() ? "" : ": ",
                 why.c_str());
     std::fflush(stdout);
+    if (!ok && std::getenv("VILG_EMU_FAIL_FAST")) std::exit(1);  // mutation testing
   }
 };
 
