@@ -468,18 +468,21 @@ def summarize(results: list[dict]) -> dict:
     fams = {}
     for r in results:
         f = fams.setdefault(r["family"], {"mutants": 0, "caught": 0, "survived": 0,
-                                          "equivalent": 0, "invalid": 0, "caught_quick": 0})
+                                          "equivalent": 0, "invalid": 0, "caught_quick": 0,
+                                          "not_run": 0})
         f["mutants"] += 1
         if r["outcome"] == "caught":
             f["caught"] += 1
             f["caught_quick"] += r["caught_by"] == "quick"
         elif r["outcome"] == "invalid":
             f["invalid"] += 1
+        elif r["outcome"] == "not run":
+            f["not_run"] += 1
         else:
             f["survived"] += 1
             f["equivalent"] += bool(r.get("equivalent"))
     for f in fams.values():
-        valid = f["mutants"] - f["invalid"]
+        valid = f["mutants"] - f["invalid"] - f["not_run"]
         f["score"] = round(f["caught"] / valid, 3) if valid else None
         nonequiv = valid - f["equivalent"]
         f["score_non_equivalent"] = round(f["caught"] / nonequiv, 3) if nonequiv else None
@@ -488,10 +491,13 @@ def summarize(results: list[dict]) -> dict:
 
 
 def render(report: dict) -> str:
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.0f}%"
+
     fam_rows = "\n".join(
         f"| {name} | {f['mutants']} | {f['caught']} ({f['caught_quick']} by the quick set) | "
-        f"{f['survived']} ({f['equivalent']} equivalent) | {f['invalid']} | "
-        f"{100 * f['score']:.0f}% | {100 * f['score_non_equivalent']:.0f}% |"
+        f"{f['survived']} ({f['equivalent']} equivalent) | {f['invalid']} | {f['not_run']} | "
+        f"{pct(f['score'])} | {pct(f['score_non_equivalent'])} |"
         for name, f in report["families"].items()
     )
     rows = "\n".join(
@@ -523,8 +529,8 @@ Commit `{report['commit']}`, {report['date']}, {report['machine']}, {report['job
 jobs, load average {report['load_before']} before and {report['load_after']} after,
 {report['seconds']:.0f} s in all.{reruns}
 
-| family | mutants | caught | survived | invalid | score | score without equivalent |
-|---|---|---|---|---|---|---|
+| family | mutants | caught | survived | invalid | not run | score | score without equivalent |
+|---|---|---|---|---|---|---|---|
 {fam_rows}
 
 ## Survivors
@@ -568,6 +574,46 @@ sizes) is not in this table.
 """
 
 
+def from_log(logs: list[Path], a) -> dict:
+    """The report of runs from their printed lines `id outcome [stage] seconds detail`."""
+    byid = {m.id: m for m in MUTANTS}
+    results, seen = [], set()
+    for ln in "\n".join(x.read_text() for x in logs).splitlines():
+        parts = ln.split(None, 3)
+        if len(parts) < 3 or parts[0] not in byid or parts[1] not in ("caught", "survived",
+                                                                      "invalid"):
+            continue
+        m, outcome = byid[parts[0]], parts[1]
+        stage = parts[2] if outcome == "caught" else None
+        rest = ln.split(None, 3 if stage else 2)[-1]
+        secs, _, detail = rest.partition("s ")
+        r = {"id": m.id, "family": m.family, "file": m.file, "kind": m.kind, "what": m.what,
+             "outcome": outcome, "caught_by": stage, "detail": detail.strip(),
+             "seconds": float(secs.rstrip("s"))}
+        if outcome == "survived":
+            r["reason"] = EQUIVALENT.get(m.id, "gap: no case distinguishes it")
+            r["equivalent"] = m.id in EQUIVALENT
+        results.append(r)
+        seen.add(m.id)
+    for m in MUTANTS:
+        if m.id not in seen:
+            results.append({"id": m.id, "family": m.family, "file": m.file, "kind": m.kind,
+                            "what": m.what, "outcome": "not run", "caught_by": None,
+                            "seconds": 0})
+    order = {m.id: i for i, m in enumerate(MUTANTS)}
+    results.sort(key=lambda r: order[r["id"]])
+    st = max(logs, key=lambda x: x.stat().st_mtime).stat()
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "date": dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M UTC"),
+        "machine": machine(), "jobs": a.jobs, "load_before": "not recorded (rebuilt from log)",
+        "load_after": [round(x, 1) for x in os.getloadavg()],
+        "seconds": sum(r["seconds"] for r in results) / max(1, a.jobs),
+        "json": a.json, "families": summarize(results), "mutants": results,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=2)
@@ -577,6 +623,8 @@ def main() -> None:
     ap.add_argument("--json", default="bench/results/mutation.json")
     ap.add_argument("--md", default="docs/verification-mutation.md")
     ap.add_argument("--render", help="only render this JSON report into --md")
+    ap.add_argument("--from-log", nargs="+", help="rebuild the report from the lines runs "
+                    "printed (interrupted runs: missing mutants are listed as not run)")
     ap.add_argument("--update", action="store_true",
                     help="merge the mutants run (--only / --family) into the --json report")
     a = ap.parse_args()
@@ -584,10 +632,18 @@ def main() -> None:
         report = json.loads(Path(a.render).read_text())
         (ROOT / a.md).write_text(render(report))
         return
+    if a.from_log:
+        report = from_log([Path(x) for x in a.from_log], a)
+        (ROOT / a.json).write_text(json.dumps(report, indent=1) + "\n")
+        (ROOT / a.md).write_text(render(report))
+        return
     todo = [m for m in MUTANTS if (not a.family or m.family in a.family or
                                    harness_family(m) in a.family)
             and (not a.only or m.id in a.only)]
     assert len({m.id for m in MUTANTS}) == len(MUTANTS), "duplicate mutant ids"
+    if a.family:  # in the order asked for
+        rank = {f: i for i, f in enumerate(a.family)}
+        todo.sort(key=lambda m: rank.get(m.family, rank.get(harness_family(m), 0)))
     load_before = os.getloadavg()
     t0 = time.time()
     results = []
