@@ -204,10 +204,15 @@ int main(int argc, char** argv) {
   DecodeCase m = w;
   m.csr = false; m.shared_kv = true; m.H = 4; m.strided = true; m.splits = 3;
   run<bf16_t>("mqa+strided+3splits", m, seed++);
-  DecodeCase f;  // sample 0: every key of the first three splits is padded text
+  // sample 0: every key of the first three splits is padded text; samples 1, 2: text lengths
+  // above and below the segment, which the kernels clamp
+  DecodeCase f;
   f.B = 3; f.D = 32; f.S = 200; f.pos = 199; f.window = 3; f.text_len = 37; f.padded = true;
   f.wild_lens = true; f.splits = 4;
   run<float>("padded-splits+wild-lens", f, seed++);
+  DecodeCase g = f;  // keys before the text segment: a negative length must not mask them
+  g.S = 60; g.pos = 59; g.window = 0; g.text_start = 4; g.text_len = 20; g.splits = 0;
+  run<bf16_t>("wild-lens+prefix", g, seed++);
   DecodeCase e;
   e.D = 128; e.S = 40; e.pos = 4; e.splits = 8; e.B = 1; e.H = 3;  // more splits than keys
   run<float>("empty-splits", e, seed++);
