@@ -22,7 +22,7 @@ struct SampleCase {
   double top_p = 1.0;
   float temperature = 1.f;  // 0: greedy
   float cfg = 0.f;          // 0: no unconditional logits
-  int ties = 0;             // 1: many equal logits, 2: every logit equal
+  int ties = 0;  // 1: many equal logits, 2: every logit equal, 3: three values
   double neg_inf = 0;       // fraction of -inf entries
   bool same_rows = false;   // every row the same logits (frequency test)
   int optin_kib = 227;      // the emulated device's shared-memory opt-in
@@ -84,6 +84,9 @@ static void run(const std::string& tag, const SampleCase& c, uint32_t seed) {
       float v = nd(rng);
       if (c.ties == 1) v = std::round(v);  // a few distinct values, many repeats
       if (c.ties == 2) v = 0.5f;
+      // three values; the middle one's key bytes are as large as they go below 1.0's top byte,
+      // so a radix select that steps past an exact count keeps it
+      if (c.ties == 3) v = (i % 3 == 0) ? 1.f : (i % 3 == 1) ? 0.49999997f : -1.f;
       if (ud(rng) < c.neg_inf) v = -INFINITY;
       if (c.same_rows && b > 0) lg[size_t(b * ls + i)] = lg[size_t(i)];
       else lg[size_t(b * ls + i)] = vilg::from_float<E>(v);
@@ -94,13 +97,20 @@ static void run(const std::string& tag, const SampleCase& c, uint32_t seed) {
       for (int64_t i = 0; i < V; ++i)
         un[size_t(b * ls + i)] = c.same_rows && b > 0 ? un[size_t(i)] : vilg::from_float<E>(nd(rng));
   }
+  int64_t top_k = c.top_k;
+  if (top_k < 0) {  // -1: the k that ends exactly at a value (every row the same logits)
+    top_k = 0;
+    for (int64_t i = 0; i < V; ++i) top_k += vilg::to_float(lg[size_t(i)]) >= 1.f;
+  }
+  SampleCase ck = c;
+  ck.top_k = top_k;
   SampleParams p;
   p.batch = c.batch; p.vocab = V; p.logits = lg.data(); p.l_stride = ls;
   p.uncond = un.empty() ? nullptr : un.data(); p.u_stride = ls;
   p.cfg = c.cfg == 0.f ? 1.f : c.cfg;
   p.greedy = c.temperature <= 0;
   p.inv_t = p.greedy ? 1.f : 1.f / c.temperature;
-  p.top_k = c.top_k; p.top_p = c.top_p; p.seed = 0x1234567890abull + seed;
+  p.top_k = top_k; p.top_p = c.top_p; p.seed = 0x1234567890abull + seed;
   vilg::cuda::emu::device().smem_optin = c.optin_kib * 1024;
 
   long differ_cpu = 0, differ_spec = 0, outside64 = 0, unwritten = 0;
@@ -130,7 +140,7 @@ static void run(const std::string& tag, const SampleCase& c, uint32_t seed) {
       const int64_t g = out_gpu[size_t(b)];
       if (g < 0 || g >= V) { ++unwritten; continue; }
       differ_cpu += g != out_cpu[size_t(b)];
-      differ_spec += g != spec_token(z, c, p.seed, offset, uint64_t(b));
+      differ_spec += g != spec_token(z, ck, p.seed, offset, uint64_t(b));
       // the float64 kept set (top-k, then top-p over the float64 probabilities)
       std::vector<int64_t> order(static_cast<size_t>(V));
       std::iota(order.begin(), order.end(), 0);
@@ -141,7 +151,7 @@ static void run(const std::string& tag, const SampleCase& c, uint32_t seed) {
       if (p.greedy) {
         keep[size_t(order[0])] = 1;
       } else {
-        int64_t nk = (c.top_k > 0 && c.top_k < V) ? c.top_k : V;
+        int64_t nk = (top_k > 0 && top_k < V) ? top_k : V;
         while (nk < V && z64[size_t(order[size_t(nk)])] == z64[size_t(order[size_t(nk - 1)])]) ++nk;
         double tot = 0;
         std::vector<double> w(size_t(V), 0);
@@ -191,6 +201,7 @@ int main(int argc, char** argv) {
   run<f16_t>("greedy equal", C([](SampleCase& c) { c.temperature = 0; c.ties = 2; }), s++);
   // just above the staging budget: staging would need more than the device's shared memory
   run<float>("budget edge", C([](SampleCase& c) { c.vocab = 3900; c.optin_kib = 16; c.batch = 1; }), s++);
+  run<float>("top-k at a value edge", C([](SampleCase& c) { c.top_k = -1; c.ties = 3; c.same_rows = true; c.batch = 8; }), s++);
   run<float>("unstaged", C([](SampleCase& c) { c.vocab = 5000; c.optin_kib = 16; c.top_k = 40; c.top_p = 0.5; c.batch = 2; }), s++);
   if (full) {
     run<f16_t>("staged opt-in", C([](SampleCase& c) { c.vocab = 13001; c.top_k = 1000; c.batch = 2; }), s++);
