@@ -74,15 +74,3 @@ def test_emulated_kernels_all_layouts(harness, dtype, mode):
 def test_emulated_fp32_reference_path(harness, mode):
     _run(harness, "f32", mode, True, ["full_text2image_odd", "conv_image2text_odd", "random_40"])
 
-
-@pytest.mark.slow
-def test_emulated_kernels_sanitized(harness, tmp_path_factory):
-    # AddressSanitizer on global memory, UBSan (misaligned plain vector accesses among others)
-    import sys
-
-    sys.path.insert(0, str(HERE))
-    from emu_build import build
-
-    exe = build("attention", tmp_path_factory.mktemp("emu_asan"), sanitize=True, opt="-O1")
-    _run((exe, harness[1], harness[2]), "bf16", 2, True, ["random_40", "gqa_causal_107"])
-    _run((exe, harness[1], harness[2]), "f32", 1, True, ["chunk_causal_203_70"])
