@@ -1,7 +1,8 @@
 """The CUDA attention kernels' own source, run on a CPU emulation of the warp instructions
-(mma.sync, ldmatrix, cp.async, shuffles, barriers; csrc/cuda/emulate.cuh), against the CPU
-kernels. It checks fragment layouts, index math, bounds, masking and synchronisation (races,
-reads of unwritten or in-flight shared memory) on machines without a GPU. It is evidence, not
+(mma.sync, ldmatrix, cp.async, shuffles, barriers; csrc/cuda/emulate.cuh) through their real
+launchers, against the CPU kernels. It checks fragment layouts, index math, bounds, masking and
+synchronisation (races, reads of unwritten or in-flight shared memory) on machines without a
+GPU. The other kernel families: tests/test_cuda_emulation_kernels.py. It is evidence, not
 proof: the emulation encodes our reading of the PTX ISA, and says nothing of speed."""
 
 import shutil
@@ -9,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests_support import ROOT
 
 HERE = Path(__file__).parent / "cuda_emulation"
 CXX = shutil.which("g++") or shutil.which("c++")
@@ -31,29 +31,12 @@ def harness(tmp_path_factory):
     import sys
 
     sys.path.insert(0, str(HERE))
+    from emu_build import build
     from layouts import write_all
 
     out = tmp_path_factory.mktemp("emu")
     names = write_all(out)
-    exe = out / "harness"
-    src = [HERE / "harness.cpp"] + [
-        ROOT / "csrc/cpu" / f for f in ("attention_fwd.cpp", "attention_bwd.cpp", "tile_math.cpp")
-    ]
-    subprocess.run(
-        [
-            CXX,
-            "-O2",
-            "-std=c++17",
-            "-fopenmp",
-            "-Wno-psabi",
-            f"-I{ROOT / 'csrc'}",
-            *map(str, src),
-            "-o",
-            str(exe),
-        ],
-        check=True,
-    )
-    return exe, out, names
+    return build("attention", out), out, names
 
 
 # Case flags of harness.cpp (CaseFlags): text padding, soft-cap, ALiBi, key_starts / key_lens.

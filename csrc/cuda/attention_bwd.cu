@@ -15,12 +15,10 @@
 // recomputes the modified scores and carries dS back through the soft-cap (dS *= 1 - tanh^2).
 #include "attention_tiles.cuh"
 
-#ifndef VILG_CUDA_EMULATE
 #include "attention_launch.h"
 #include "common.cuh"
 #include "nvtx.h"
 #include "kernels.h"
-#endif
 
 namespace vilg::cuda {
 namespace {
@@ -429,8 +427,6 @@ __global__ void __launch_bounds__(kThreads)
                         p.dv_s[2], ls, ls.seq_len, kb * kTile + r0, vec & kVecDV);
 }
 
-#ifndef VILG_CUDA_EMULATE
-
 template <typename T>
 void launch_delta(const AttnParams& p, cudaStream_t stream) {
   const int64_t rows = int64_t(p.batch) * p.heads * p.ls.q_len;
@@ -485,11 +481,7 @@ void launch_bwd_mods(const AttnParams& p, cudaStream_t stream) {
     launch_bwd_dim<T, false>(p, stream);
 }
 
-#endif  // !VILG_CUDA_EMULATE
-
 }  // namespace
-
-#ifndef VILG_CUDA_EMULATE
 
 void launch_attention_delta(const AttnParams& p, DType dtype, cudaStream_t stream) {
   switch (dtype) {
@@ -514,7 +506,5 @@ void attention_bwd(const AttnParams& p, DType dtype, int device, uintptr_t strea
     default: fail("attention: unsupported dtype");
   }
 }
-
-#endif  // !VILG_CUDA_EMULATE
 
 }  // namespace vilg::cuda

@@ -11,12 +11,10 @@
 // the modifiers act on the score fragments before masking. fp32 inputs take the SIMT reference path (attention_simt.cu).
 #include "attention_tiles.cuh"
 
-#ifndef VILG_CUDA_EMULATE
 #include "attention_launch.h"
 #include "common.cuh"
 #include "nvtx.h"
 #include "kernels.h"
-#endif
 
 namespace vilg::cuda {
 namespace {
@@ -209,8 +207,6 @@ __global__ void __launch_bounds__(kThreads)
                         p.o_s[2], ls, Lq, qb * kTile + r0, vec & kVecO);
 }
 
-#ifndef VILG_CUDA_EMULATE
-
 template <typename T, int D>
 void launch_fwd(const AttnParams& p, cudaStream_t stream) {
   constexpr int smem = FwdSmem<D>::kBytes;
@@ -235,11 +231,7 @@ void launch_fwd_dim(const AttnParams& p, cudaStream_t stream) {
   }
 }
 
-#endif  // !VILG_CUDA_EMULATE
-
 }  // namespace
-
-#ifndef VILG_CUDA_EMULATE
 
 void attention_fwd(const AttnParams& p, DType dtype, int device, uintptr_t stream) {
   NvtxRange range("vilg::attention_fwd");
@@ -254,7 +246,5 @@ void attention_fwd(const AttnParams& p, DType dtype, int device, uintptr_t strea
     default: fail("attention: unsupported dtype");
   }
 }
-
-#endif  // !VILG_CUDA_EMULATE
 
 }  // namespace vilg::cuda

@@ -8,10 +8,8 @@
 // modifiers: a warp-uniform branch per key (this path is the reference, not the fast one).
 #include "attention_tiles.cuh"
 
-#ifndef VILG_CUDA_EMULATE
 #include "attention_launch.h"
 #include "common.cuh"
-#endif
 
 namespace vilg::cuda {
 namespace {
@@ -184,8 +182,6 @@ __global__ void __launch_bounds__(32 * kSimtRows, 1) simt_dkdv_kernel(const Attn
   store_row<D>(row_ptr(p.dv, p.dv_s, b, hk, row), gv, 1.f, lane);
 }
 
-#ifndef VILG_CUDA_EMULATE
-
 template <int D>
 void launch_simt(const AttnParams& p, cudaStream_t stream, bool forward) {
   const dim3 grid(unsigned((p.ls.q_len + kSimtRows - 1) / kSimtRows), unsigned(p.heads),
@@ -212,11 +208,7 @@ void launch_simt_dim(const AttnParams& p, cudaStream_t stream, bool forward) {
   }
 }
 
-#endif  // !VILG_CUDA_EMULATE
-
 }  // namespace
-
-#ifndef VILG_CUDA_EMULATE
 
 void simt_attention_fwd(const AttnParams& p, cudaStream_t stream) {
   launch_simt_dim(p, stream, true);
@@ -225,7 +217,5 @@ void simt_attention_fwd(const AttnParams& p, cudaStream_t stream) {
 void simt_attention_bwd(const AttnParams& p, cudaStream_t stream) {
   launch_simt_dim(p, stream, false);
 }
-
-#endif  // !VILG_CUDA_EMULATE
 
 }  // namespace vilg::cuda

@@ -207,7 +207,12 @@ VILG_DEVICE U128 ldg_8x16(const uint16_t* g) {
   v.w = uint32_t(g[6]) | (uint32_t(g[7]) << 16);
   return v;
 }
-VILG_DEVICE void stg128(uint16_t* g, U128 v) { *reinterpret_cast<U128*>(g) = v; }
+VILG_DEVICE void stg128(uint16_t* g, U128 v) {
+#ifdef VILG_CUDA_EMULATE
+  if (reinterpret_cast<uintptr_t>(g) % 16) emu::fatal("misaligned 16-byte global store");
+#endif
+  *reinterpret_cast<U128*>(g) = v;
+}
 VILG_DEVICE void stg_8x16(uint16_t* g, U128 v) {
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
   for (int i = 0; i < 4; ++i) {

@@ -51,6 +51,7 @@ template <> __device__ __forceinline__ __nv_bfloat16 zero_of<__nv_bfloat16>() {
   return __float2bfloat16(0.f);
 }
 
+#ifndef VILG_CUDA_EMULATE
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
   const unsigned s = unsigned(__cvta_generic_to_shared(smem));
   const int n = valid ? 16 : 0;  // 0: zero-fill, nothing read
@@ -61,6 +62,16 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+#else  // the host emulation (emulate.cuh) of the same instructions
+void cp_async16(void* smem, const void* gmem, bool valid) {
+  emu::cp_async(smem, gmem, 16, valid ? 16 : 0);
+}
+void cp_async_commit() { emu::cp_async_commit(); }
+template <int N>
+void cp_async_wait() {
+  emu::cp_async_wait(N);
+}
+#endif
 
 // Smallest score, ties to the lowest index, as one unsigned 64-bit key.
 __device__ __forceinline__ ull pack_key(float s, int idx) {
@@ -100,6 +111,7 @@ __device__ __forceinline__ void load_rows(T* s, const T* __restrict__ g, int64_t
 }
 
 // ---- tensor-core MMA helpers ---------------------------------------------------------------
+#ifndef VILG_CUDA_EMULATE
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   const unsigned s = unsigned(__cvta_generic_to_shared(p));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -139,6 +151,35 @@ __device__ __forceinline__ uint32_t to_tf32(float v) {
   asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
   return r;
 }
+#else  // the host emulation (emulate.cuh) of the same instructions
+void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  emu::Slot s{};
+  s.ptr = p;
+  s = emu::collective(emu::kLdsm, s);
+  for (int i = 0; i < 4; ++i) r[i] = uint32_t(s.v[i]);
+}
+inline void mma_emu(int kind, float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  emu::Slot s{};
+  for (int i = 0; i < 4; ++i) s.v[i] = a[i];
+  s.v[4] = b[0];
+  s.v[5] = b[1];
+  memcpy(&s.v[6], c, 16);
+  s = emu::collective(kind, s);
+  memcpy(c, &s.v[6], 16);
+}
+template <typename T>
+void mma_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  mma_emu(std::is_same_v<T, __half> ? emu::kMmaF16 : emu::kMmaBF16, c, a, b);
+}
+void mma_1688_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  mma_emu(emu::kMmaTF32, c, a, b);
+}
+uint32_t to_tf32(float v) {  // cvt.rna: nearest, ties away from zero, 10 mantissa bits
+  uint32_t u = __float_as_uint(v);
+  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+  return u;
+}
+#endif
 
 // v = big + small, both TF32.
 __device__ __forceinline__ void split_tf32(float v, uint32_t& big, uint32_t& small) {
