@@ -135,7 +135,13 @@ def extension_path() -> str:
 
 
 def _run(*cmd: str) -> str:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    # cuobjdump -sass calls nvdisasm, which the nvidia-cuda-nvdisasm wheel puts beside the
+    # nvidia-cuda-cuobjdump wheel's cuobjdump: look there first
+    env = dict(os.environ, PATH=os.pathsep.join([os.path.dirname(cmd[0]), os.environ["PATH"]]))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip()}")
+    return out.stdout
 
 
 def _demangle(names: list[str]) -> list[str]:
