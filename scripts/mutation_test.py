@@ -77,7 +77,7 @@ MUTANTS = [
       "                               pack2<T>(s[2 * kk][3], s[2 * kk][2]),"),
     M("fwd-mask", FWD, "attention_fwd.cu", "dropped mask",
       "in-tile mask and text padding never applied",
-      "      if (entry_masked(ls, mid, kb, tv))\n        mask_scores(",
+      "      if (entry_masked(ls, mid, kb, keep))\n        mask_scores(",
       "      if (false)\n        mask_scores("),
     M("fwd-empty-row", FWD, "attention_fwd.cu", "dropped guard",
       "no guard for a row without keys in the online softmax",
